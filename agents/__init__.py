@@ -1,0 +1,31 @@
+"""Maze agents: the Warp-RNN A2C agent and the baselines it is compared with.
+
+``make_agent(name, ...)`` builds any of them by the name used by ``--agent``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from agents.base import RecurrentAgent, State
+
+# name -> "module:Class"; imported lazily so that one agent's module never costs another's.
+AGENTS: dict[str, str] = {
+    "warp": "agents.warp_rnn:WarpRNNAgent",
+    "rnn": "agents.recurrent:RNNAgent",
+    "lstm": "agents.recurrent:LSTMAgent",
+    "backpropamine": "agents.backpropamine:BackpropamineAgent",
+}
+
+
+def make_agent(name: str, obs_dim: int, num_actions: int, hidden_size: int = 100,
+               **kwargs) -> RecurrentAgent:
+    """Build the agent called ``name`` (one of :data:`AGENTS`)."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; accepted: {', '.join(sorted(AGENTS))}")
+    module_name, class_name = AGENTS[name].split(":")
+    cls = getattr(import_module(module_name), class_name)
+    return cls(obs_dim=obs_dim, num_actions=num_actions, hidden_size=hidden_size, **kwargs)
+
+
+__all__ = ["AGENTS", "RecurrentAgent", "State", "make_agent"]

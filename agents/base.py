@@ -1,0 +1,115 @@
+"""The interface every maze agent implements, and Stable-Baselines3-style ``predict``.
+
+An agent is a recurrent actor-critic: at every time step it maps a batch of observations and
+its recurrent state to action logits, a value estimate and the next state. Its parameters are
+split, through :func:`warp_rl.partition`, into *fast* (task-adaptable) weights and *warp*
+(slow, meta-learned) weights. Plain baselines have no warp weights.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+State = tuple[torch.Tensor, ...]
+"""Recurrent state: a tuple of tensors whose first dimension is the batch."""
+
+
+class RecurrentAgent(nn.Module, ABC):
+    """Base class of the maze agents.
+
+    Args:
+        obs_dim: length of one observation vector (17 for the paper's maze).
+        num_actions: number of discrete actions (4).
+        hidden_size: width of the recurrent layer (100 in the paper).
+    """
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.num_actions = num_actions
+        self.hidden_size = hidden_size
+
+    @abstractmethod
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The state at the start of an episode: tensors of shape ``(batch_size, ...)``."""
+
+    @abstractmethod
+    def forward(
+        self, obs: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One time step.
+
+        Args:
+            obs: float tensor ``(B, obs_dim)``.
+            state: the previous recurrent state (batch first).
+
+        Returns:
+            ``(logits, value, next_state)``: logits ``(B, num_actions)`` (unnormalised
+            log-probabilities), value ``(B,)``, and the next state.
+        """
+
+    def warp_modules(self) -> list[nn.Module]:
+        """Modules holding slow, meta-learned warp weights (none for plain baselines)."""
+        return []
+
+    def adapt_modules(self) -> list[nn.Module]:
+        """Modules holding fast, task-adaptable weights (by default: every child module
+        that is not a warp module)."""
+        warp = {id(m) for m in self.warp_modules()}
+        return [m for m in self.children() if id(m) not in warp]
+
+    # ----------------------------------------------------------------------------------------
+    # Stable-Baselines3 convention
+    # ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: State | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, State]:
+        """Choose actions in Stable-Baselines3's convention (usable by ``evaluate_policy``).
+
+        Args:
+            observation: ``(obs_dim,)`` or ``(n_envs, obs_dim)``.
+            state: the state returned by the previous call, or ``None`` at the start.
+            episode_start: bool ``(n_envs,)``; where True the state is reset to
+                :meth:`initial_state` before acting.
+            deterministic: take the most likely action instead of sampling.
+
+        Returns:
+            ``(actions, next_state)`` with actions an int64 array ``(n_envs,)`` (or a scalar
+            array for a single unbatched observation).
+        """
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        if single:
+            obs = obs[None]
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"observation must have shape ({self.obs_dim},) or (n_envs, {self.obs_dim}); "
+                f"got {np.asarray(observation).shape}"
+            )
+        device = next(self.parameters()).device
+        n = obs.shape[0]
+        fresh = self.initial_state(n, device)
+        if state is None:
+            state = fresh
+        if episode_start is not None:
+            start = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n), device=device)
+            state = tuple(
+                torch.where(start.view(-1, *([1] * (s.dim() - 1))), f, s)
+                for s, f in zip(state, fresh, strict=True)
+            )
+        logits, _, next_state = self(torch.as_tensor(obs, device=device), state)
+        if deterministic:
+            actions = logits.argmax(dim=-1)
+        else:
+            actions = torch.distributions.Categorical(logits=logits).sample()
+        out = actions.cpu().numpy()
+        return (out[0] if single else out), next_state
