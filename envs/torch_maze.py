@@ -1,0 +1,307 @@
+"""``TorchMazeBatch``: the batched maze on torch tensors, for a trainer that lives on the GPU.
+
+The dynamics are those of :class:`envs.vector_env.WarpMazeVectorEnv` (tested equal, step by
+step, from the same mazes, goals, positions, actions and uniforms), with every per-step tensor
+staying on ``device``: no host round trip per step. The episode clock is a Python int (all mazes
+run in lockstep), so ``done`` needs no synchronisation.
+
+Randomness: mazes of the ``"random"`` layout are carved on the host with numpy
+(:func:`envs.maze.carve_random_mazes`, once per episode) and copied to the device; goals and
+teleports use a ``torch.Generator`` on ``device``. ``reset(seed)`` seeds both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.maze import (
+    MOVES,
+    NUM_ACTIONS,
+    MazeConfig,
+    check_walls,
+    flatten_mazes,
+    make_walls,
+)
+
+
+class TorchMazeBatch:
+    """``num_envs`` mazes stepped together on ``device``.
+
+    Args:
+        num_envs: batch size ``B`` (>= 1).
+        size, episode_length, reward, wall_penalty, view_size, layout: as for
+            :class:`envs.maze_env.WarpMazeEnv`.
+        device: where every tensor lives.
+        validate_actions: check that actions lie in ``[0, 4)`` (on a GPU this synchronises
+            once per step; a trainer that samples from a ``Categorical`` may turn it off).
+
+    Attributes:
+        obs_dim: ``D = view_size**2 + 8`` (17 at the defaults). num_actions: 4.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        size: int = 13,
+        episode_length: int = 200,
+        reward: float = 10.0,
+        wall_penalty: float = 0.0,
+        view_size: int = 3,
+        layout: str = "grid",
+        device: torch.device | str = "cpu",
+        validate_actions: bool = True,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} is not accepted: expected an integer >= 1")
+        self.config = cfg = MazeConfig.create(
+            size, episode_length, reward, wall_penalty, view_size, layout
+        )
+        self.num_envs = B = num_envs
+        self.device = dev = torch.device(device)
+        self.validate_actions = validate_actions
+        self.obs_layout = cfg.obs_layout
+        self.obs_dim = self.obs_layout.dim
+        self.num_actions = NUM_ACTIONS
+
+        self._pad = p = cfg.pad
+        self._width = W = cfg.size + 2 * p
+        h = cfg.view_size // 2
+        self._delta = torch.tensor([dr * W + dc for dr, dc in MOVES], device=dev)
+        self._offsets = torch.tensor(
+            [dr * W + dc for dr in range(-h, h + 1) for dc in range(-h, h + 1)], device=dev
+        )
+        rows, cols = np.divmod(np.arange(W * W), W)
+        self._cell_of = torch.as_tensor(np.stack([rows - p, cols - p], axis=1), device=dev)
+        self._eye = torch.eye(NUM_ACTIONS, device=dev)
+        self._unused_bias = torch.tensor([[0.0, 1.0]], device=dev).expand(B, 2)
+        self._rows = torch.arange(B, device=dev)
+
+        self._np_rng: np.random.Generator | None = None
+        self._gen: torch.Generator | None = None
+        self._walls_host: np.ndarray | None = None  # (B or 1, S, S) bool, for set_state / walls
+        self._walls_are_grid = False
+        self._t: int | None = None
+
+    # ----------------------------------------------------------------- API
+
+    @torch.no_grad()
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start a new episode in every maze; returns observations float32 ``(B, D)``.
+
+        ``seed`` (int) reseeds the generators; ``None`` continues them (seeding from fresh
+        entropy on first use).
+        """
+        if seed is not None or self._gen is None:
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+            self._np_rng = np.random.default_rng(seed)
+            self._gen = torch.Generator(device=self.device)
+            self._gen.manual_seed(int(seed))
+        cfg, B = self.config, self.num_envs
+        if cfg.layout == "random":
+            self._install_walls(make_walls(self._np_rng, B, cfg))
+        elif not self._walls_are_grid:
+            self._install_walls(make_walls(self._np_rng, 1, cfg))
+            self._walls_are_grid = True
+        r, c = cfg.start_cell
+        start = self._base + (r + self._pad) * self._width + (c + self._pad)
+        rank = self._pick_rank(self._uniform(B), self._start_rank)
+        self._set_goal(self._free.gather(1, rank[:, None]).squeeze(1), rank)
+        self._pos = start
+        self._last_action = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._last_reward = torch.zeros(B, device=self.device)
+        self._t = 0
+        return self._observation()
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Step every maze.
+
+        Args:
+            actions: integer tensor ``(B,)`` on ``device``, values in ``{0, 1, 2, 3}``.
+
+        Returns:
+            ``(obs, reward, done)``: observations float32 ``(B, D)``, rewards float32 ``(B,)``,
+            and ``done``, True on the step that reaches ``episode_length`` (then call
+            :meth:`reset`; stepping further raises).
+        """
+        cfg, B = self.config, self.num_envs
+        if self._t is None:
+            raise RuntimeError("step() was called before reset(): call reset() first")
+        if self._t >= cfg.episode_length:
+            raise RuntimeError(
+                f"the episode ended at t={self._t} (episode_length={cfg.episode_length}); "
+                "call reset() before step()"
+            )
+        self._check_actions(actions)
+        actions = actions.long()
+        target = self._pos + self._delta[actions]
+        blocked = self._walls[target]
+        pos = torch.where(blocked, self._pos, target)
+        hit = pos == self._goal
+        rank = self._pick_rank(self._uniform(B), self._goal_rank)
+        dest = self._free.gather(1, rank[:, None]).squeeze(1)
+        self._pos = torch.where(hit, dest, pos)  # teleport after entering the goal
+        reward = hit.float() * cfg.reward
+        if cfg.wall_penalty:
+            reward = reward - blocked.float() * cfg.wall_penalty
+        self._last_reward = reward
+        self._last_action = actions
+        self._t += 1
+        return self._observation(), reward, self._t >= cfg.episode_length
+
+    @property
+    def t(self) -> int | None:
+        """Steps taken in the current episode (``None`` before the first reset)."""
+        return self._t
+
+    @property
+    def agent_cells(self) -> torch.Tensor:
+        """``(row, col)`` of every agent, long ``(B, 2)`` on ``device``."""
+        return self._cell_of[self._pos - self._base]
+
+    @property
+    def goal_cells(self) -> torch.Tensor:
+        """``(row, col)`` of every goal, long ``(B, 2)`` on ``device``."""
+        return self._cell_of[self._goal - self._base]
+
+    @property
+    def walls(self) -> torch.Tensor:
+        """Current mazes, bool ``(B, S, S)`` on ``device`` (``True`` = wall)."""
+        w = torch.as_tensor(self._walls_host, device=self.device)
+        return w.expand(self.num_envs, -1, -1)
+
+    @torch.no_grad()
+    def set_state(
+        self,
+        *,
+        walls: np.ndarray | torch.Tensor | None = None,
+        agent: np.ndarray | torch.Tensor | None = None,
+        goal: np.ndarray | torch.Tensor | None = None,
+        t: int | None = None,
+    ) -> torch.Tensor:
+        """Overwrite parts of the state (after a reset); returns observations ``(B, D)``.
+
+        For tests and analysis (not fast: checks run on the host). ``walls`` bool ``(S, S)`` or
+        ``(B, S, S)`` (needs ``agent`` and ``goal`` too); ``agent``, ``goal`` int ``(B, 2)``
+        free cells that differ per maze;
+        ``t`` in ``[0, episode_length)``. The previous rewards and actions are kept.
+        """
+        if self._t is None:
+            raise RuntimeError("set_state() needs a reset() first")
+        cfg, B, p, W = self.config, self.num_envs, self._pad, self._width
+        if walls is not None:
+            if agent is None or goal is None:
+                raise ValueError("set_state(walls=...) also needs agent=... and goal=...")
+            w = check_walls(_to_numpy(walls), cfg.size)
+            w = w[None] if w.ndim == 2 else w
+            if w.shape[0] not in (1, B):
+                raise ValueError(f"walls of shape {w.shape} is not accepted: expected B={B} mazes")
+            self._install_walls(w)
+            self._walls_are_grid = False
+        walls_host = np.broadcast_to(self._walls_host, (B, cfg.size, cfg.size))
+
+        def cells(x: np.ndarray | torch.Tensor | None, current: torch.Tensor, name: str):
+            if x is None:
+                return current
+            x = _to_numpy(x)
+            if x.shape != (B, 2) or x.dtype.kind not in "iu" or (x < 0).any() or (
+                x >= cfg.size
+            ).any():
+                raise ValueError(f"{name}={x!r} is not accepted: expected int ({B}, 2) cells")
+            if walls_host[np.arange(B), x[:, 0], x[:, 1]].any():
+                raise ValueError(f"{name}={x.tolist()} is not accepted: expected free cells")
+            x = torch.as_tensor(x, device=self.device, dtype=torch.long)
+            return self._base + (x[:, 0] + p) * W + (x[:, 1] + p)
+
+        agent_abs = cells(agent, self._pos, "agent")
+        goal_abs = cells(goal, self._goal, "goal")
+        if bool((agent_abs == goal_abs).any()):
+            raise ValueError("agent and goal are not accepted: they must differ in every maze")
+        if t is not None and not 0 <= t < cfg.episode_length:
+            raise ValueError(f"t={t!r} is not accepted: expected 0 <= t < {cfg.episode_length}")
+        self._pos = agent_abs
+        rank = self._free_cumsum[self._rows, goal_abs - self._base] - 1
+        self._set_goal(goal_abs, rank)
+        if t is not None:
+            self._t = int(t)
+        return self._observation()
+
+    # ----------------------------------------------------------------- internals
+
+    def _install_walls(self, walls: np.ndarray) -> None:
+        """Walls ``(1, S, S)`` (shared by the batch) or ``(B, S, S)`` -> flat device tensors."""
+        B, W, dev = self.num_envs, self._width, self.device
+        shared = walls.shape[0] == 1
+        flat = flatten_mazes(walls, self._pad)
+        self._walls_host = walls
+        self._walls = torch.as_tensor(flat.walls.reshape(-1), device=dev)
+        self._walls_float = self._walls.float()
+        self._base = (
+            torch.zeros(B, dtype=torch.long, device=dev) if shared else self._rows * (W * W)
+        )
+        free = torch.as_tensor(flat.free, device=dev) + self._base[:, None]
+        self._free = free.expand(B, -1) if shared else free
+        self._num_free = torch.as_tensor(flat.num_free, device=dev).expand(B)
+        self._free_cumsum = torch.as_tensor(flat.free_cumsum, device=dev).expand(B, -1)
+        r, c = self.config.start_cell
+        start_local = (r + self._pad) * W + (c + self._pad)
+        self._start_rank = self._free_cumsum[:, start_local] - 1
+
+    def _uniform(self, n: int) -> torch.Tensor:
+        """The only source of randomness besides maze carving: ``n`` float64 uniforms."""
+        return torch.rand(n, dtype=torch.float64, generator=self._gen, device=self.device)
+
+    def _pick_rank(self, u: torch.Tensor, skip_rank: torch.Tensor) -> torch.Tensor:
+        """:func:`envs.maze.pick_rank` on tensors (float64 products, as numpy computes them)."""
+        num_free = self._num_free
+        j = torch.minimum((u * (num_free - 1)).floor().long(), num_free - 2)
+        return j + (j >= skip_rank).long()
+
+    def _set_goal(self, goal_abs: torch.Tensor, rank: torch.Tensor) -> None:
+        self._goal = goal_abs
+        self._goal_rank = rank
+
+    def _check_actions(self, actions: torch.Tensor) -> None:
+        ok = (
+            isinstance(actions, torch.Tensor)
+            and actions.shape == (self.num_envs,)
+            and not actions.is_floating_point()
+            and not actions.is_complex()
+            and actions.dtype != torch.bool
+            and _same_device(actions.device, self.device)
+        )
+        if ok and self.validate_actions:
+            ok = bool(((actions >= 0) & (actions < NUM_ACTIONS)).all())
+        if not ok:
+            raise ValueError(
+                f"actions={actions!r} are not accepted: expected an integer tensor of shape "
+                f"({self.num_envs},) on {self.device} with values in [0, {NUM_ACTIONS})"
+            )
+
+    def _observation(self) -> torch.Tensor:
+        B = self.num_envs
+        window = self._walls_float[self._pos[:, None] + self._offsets]
+        time = torch.full((B, 1), self._t / self.config.episode_length, device=self.device)
+        return torch.cat(
+            [window, self._unused_bias, time, self._last_reward[:, None],
+             self._eye[self._last_action]],
+            dim=1,
+        )
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name the same device when the current device is 0."""
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (
+            b.index if b.index is not None else current
+        )
+    return True
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
