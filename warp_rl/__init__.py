@@ -1,8 +1,30 @@
 """warp_rl: WarpGrad (Meta-Learning with Warped Gradient Descent) as a domain-agnostic library.
 
-Core pieces: :func:`partition` splits a module into task-adaptable and warp parameters.
+* :func:`partition` splits a module into task-adaptable and warp parameters and buffers.
+* :class:`Warp` wraps a model: adaptation with state collection, meta-updates from a
+  :class:`ReplayBuffer` with the objectives of a :class:`DualUpdater`.
+* :mod:`warp_rl.objectives`: the functional (``torch.func``) meta-objectives.
+* :class:`TensorTask`: a task held as tensors (see :mod:`warp_rl.data` for the task protocol).
 """
 
+from warp_rl import objectives
+from warp_rl.buffer import ReplayBuffer, State, TaskRecord
+from warp_rl.data import BatchSampler, CachedBatches, TensorTask
 from warp_rl.partition import Partition, partition
+from warp_rl.updaters import DualUpdater, MetaUpdateInfo
+from warp_rl.warp import Warp
 
-__all__ = ["Partition", "partition"]
+__all__ = [
+    "BatchSampler",
+    "CachedBatches",
+    "DualUpdater",
+    "MetaUpdateInfo",
+    "Partition",
+    "ReplayBuffer",
+    "State",
+    "TaskRecord",
+    "TensorTask",
+    "Warp",
+    "objectives",
+    "partition",
+]
