@@ -1,0 +1,686 @@
+"""The maze trainer: A2C on a batch of mazes, with the paper's two-optimiser warp schedule.
+
+One *episode* of training is::
+
+    obs = env.reset(seed_of(episode))                    # B mazes, all in lockstep
+    for t in range(T):                                   # T = episode_length steps
+        logits, value, state = agent(obs, state)
+        action = argmax(logits + Gumbel noise)           # a sample of softmax(logits)
+        obs, reward = env.step(action)                   # reward earned by this action
+    loss = a2c_loss(logits, values, actions, rewards)    # agents/a2c.py
+    loss.backward(); clip_grad_norm_(all parameters, 4.0)
+    if episode >= warmup_episodes:
+        fast_opt.step()                                  # fast weights, every episode
+        warp_grad_sum += warp gradients
+        if (episode - warmup_episodes + 1) % meta_interval == 0:
+            warp_opt.step(on warp_grad_sum); warp_grad_sum = 0   # warp weights
+
+The fast/warp split comes from :func:`warp_rl.partition` over the agent's
+``adapt_modules()`` / ``warp_modules()``; agents without warp modules (the baselines) get one
+Adam over all their parameters. Fast weights are never reset between episodes: the agent keeps
+learning across mazes, and whatever it learns about *this* maze lives in its recurrent state.
+
+The batched environment is ``envs.WarpMazeVectorEnv`` (numpy) on CPU and ``envs.TorchMazeBatch``
+on CUDA, so on a GPU nothing crosses to the host during an episode. There is no per-maze Python
+loop anywhere on this path.
+
+Reproducibility: every episode's maze layout/goals and action noise come from seeds derived from
+``(config.seed, episode)``, so the whole random stream is a function of the episode counter.
+A checkpoint (model, both optimisers, the warp gradient sum, every RNG state, the episode counter
+and the byte length of the CSV log) lets ``resume`` continue exactly where a straight run would
+be; on CPU, 2N episodes straight and N + resume to 2N give identical parameters and log.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents import AGENTS, make_agent
+from agents.a2c import GAMMA, PENALTY_COEF, VALUE_COEF, A2CLoss, a2c_loss
+from agents.base import RecurrentAgent
+from warp_rl import Partition, partition
+from warp_rl.utils import atomic_save, atomic_write_bytes, seed_everything
+
+NUM_ACTIONS = 4
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.csv"
+CURVE_NAME = "learning_curve.png"
+CHECKPOINT_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. The defaults are the paper's settings.
+
+    Attributes:
+        agent: name in :data:`agents.AGENTS` (``warp``, ``rnn``, ``lstm``, ``backpropamine``).
+        seed: seeds the initial weights, every maze and every action sample.
+        episodes: total number of training episodes (one episode = ``batch_size`` mazes).
+        batch_size: mazes per episode, run in lockstep.
+        hidden_size: recurrent width.
+        lr: Adam learning rate of the fast weights (all weights for baselines).
+        warp_lr: Adam learning rate of the warp weights.
+        meta_interval: warp step every this many (post-warmup) episodes.
+        warmup_episodes: no optimiser step at all during the first this many episodes.
+        maze_size: odd side length of the square maze (13 in the paper).
+        episode_length: steps per episode (200).
+        gamma, value_coef, penalty_coef: the A2C loss (see :mod:`agents.a2c`).
+        max_grad_norm: the episode gradient (fast and warp together) is clipped to this L2 norm.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        env_backend: ``auto`` (numpy on CPU, torch on CUDA), ``numpy`` or ``torch``.
+        checkpoint_every: write the checkpoint every this many episodes (and at the end).
+        threads: torch CPU threads (1 is fastest for the paper's small matrices).
+    """
+
+    agent: str = "warp"
+    seed: int = 0
+    episodes: int = 10_000
+    batch_size: int = 30
+    hidden_size: int = 100
+    lr: float = 1e-3
+    warp_lr: float = 1e-3
+    meta_interval: int = 30
+    warmup_episodes: int = 100
+    maze_size: int = 13
+    episode_length: int = 200
+    gamma: float = GAMMA
+    value_coef: float = VALUE_COEF
+    penalty_coef: float = PENALTY_COEF
+    max_grad_norm: float = 4.0
+    device: str = "cpu"
+    env_backend: str = "auto"
+    checkpoint_every: int = 500
+    threads: int = 1
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field, its value and what is accepted."""
+
+        def bad(name: str, accepted: str) -> ValueError:
+            return ValueError(f"{name} must be {accepted}; got {getattr(self, name)!r}")
+
+        if self.agent not in AGENTS:
+            raise bad("agent", f"one of {', '.join(sorted(AGENTS))}")
+        for name, low in (("episodes", 1), ("batch_size", 1), ("hidden_size", 1),
+                          ("meta_interval", 1), ("warmup_episodes", 0), ("episode_length", 1),
+                          ("checkpoint_every", 1), ("threads", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(name, f"an integer >= {low}")
+        if (not isinstance(self.maze_size, int) or self.maze_size < 5
+                or self.maze_size % 2 == 0):
+            raise bad("maze_size", "an odd integer >= 5")
+        for name in ("lr", "warp_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise bad(name, "a finite number > 0")
+        for name in ("value_coef", "penalty_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise bad(name, "a finite number >= 0")
+        if not isinstance(self.gamma, int | float) or not 0.0 <= self.gamma <= 1.0:
+            raise bad("gamma", "a number in [0, 1]")
+        if self.env_backend not in ("auto", "numpy", "torch"):
+            raise bad("env_backend", "one of auto, numpy, torch")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise bad("device", "cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise bad("device", "cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available here; "
+                             "use --device cpu")
+        if device.type == "cuda" and self.env_backend == "numpy":
+            raise bad("env_backend", "auto or torch on a CUDA device (numpy would copy per step)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched environments as torch tensors
+# ------------------------------------------------------------------------------------------------
+class BatchEnv(Protocol):
+    """What the trainer needs from a batch of mazes (all tensors on the trainer's device)."""
+
+    num_envs: int
+    obs_dim: int
+
+    def reset(self, seed: int) -> torch.Tensor:
+        """Start a new episode in every maze; returns obs ``(B, D)`` float32."""
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``(B,)`` int64 -> ``(obs (B, D) float32, reward (B,) float32)``."""
+
+
+class NumpyBatchEnv:
+    """``envs.WarpMazeVectorEnv`` seen through torch tensors (CPU).
+
+    Observations are copied out of the env (the env may reuse its buffers, and autograd keeps the
+    observation of every step for the backward pass); actions go in without a copy.
+    """
+
+    def __init__(self, num_envs: int, size: int, episode_length: int) -> None:
+        import envs
+
+        self.venv = envs.WarpMazeVectorEnv(num_envs, size=size, episode_length=episode_length)
+        self.num_envs = num_envs
+        self.obs_dim = int(self.venv.single_observation_space.shape[0])
+
+    def reset(self, seed: int) -> torch.Tensor:
+        obs, _ = self.venv.reset(seed=seed)
+        return torch.tensor(obs, dtype=torch.float32)
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obs, reward, _, _, _ = self.venv.step(actions.numpy())
+        return torch.tensor(obs, dtype=torch.float32), torch.tensor(reward, dtype=torch.float32)
+
+
+class TorchBatchEnv:
+    """``envs.TorchMazeBatch``: the maze dynamics as torch ops on the trainer's device."""
+
+    def __init__(self, num_envs: int, size: int, episode_length: int,
+                 device: torch.device) -> None:
+        import envs
+
+        self.batch = envs.TorchMazeBatch(num_envs, size=size, episode_length=episode_length,
+                                         device=device)
+        self.num_envs = num_envs
+        self.obs_dim = int(self.reset(0).shape[1])
+
+    def reset(self, seed: int) -> torch.Tensor:
+        return self.batch.reset(seed)
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obs, reward, _ = self.batch.step(actions)
+        return obs, reward.float()
+
+
+def make_batch_env(config: TrainConfig) -> BatchEnv:
+    """The batched maze for ``config`` (see :attr:`TrainConfig.env_backend`)."""
+    device = torch.device(config.device)
+    backend = config.env_backend
+    if backend == "auto":
+        backend = "numpy" if device.type == "cpu" else "torch"
+    if backend == "numpy":
+        return NumpyBatchEnv(config.batch_size, config.maze_size, config.episode_length)
+    return TorchBatchEnv(config.batch_size, config.maze_size, config.episode_length, device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollout
+# ------------------------------------------------------------------------------------------------
+class Rollout(NamedTuple):
+    """One batch of episodes: ``T`` steps of ``B`` mazes, ``A`` actions."""
+
+    logits: torch.Tensor  # (T, B, A), in the autograd graph
+    values: torch.Tensor  # (T, B), in the autograd graph
+    actions: torch.Tensor  # (T, B) int64
+    rewards: torch.Tensor  # (T, B) float32, rewards[t] earned by actions[t]
+
+
+def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
+    """``(env_seed, sample_seed)`` of an episode: a function of ``(seed, episode)`` only."""
+    env_seed, sample_seed = np.random.SeedSequence([seed, episode]).generate_state(2)
+    return int(env_seed), int(sample_seed)
+
+
+def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed: int,
+                    generator: torch.Generator) -> Rollout:
+    """Run ``length`` steps of every maze from a fresh reset, keeping the autograd graph.
+
+    Actions are sampled with the Gumbel-max trick, ``argmax(logits + g)`` with
+    ``g = -log(Exponential(1))`` drawn for the whole episode up front from ``generator``: an exact
+    sample of ``softmax(logits)`` without a distribution object or a device sync per step.
+    """
+    device = generator.device
+    batch = env.num_envs
+    obs = env.reset(env_seed)
+    state = agent.initial_state(batch, device)
+    noise = torch.empty(length, batch, agent.num_actions, device=device)
+    noise = noise.exponential_(generator=generator).log_().neg_()
+    actions = torch.empty(length, batch, dtype=torch.long, device=device)
+    rewards = torch.empty(length, batch, device=device)
+    logits_t, values_t = [], []
+    for t in range(length):
+        logits, value, state = agent(obs, state)
+        action = torch.argmax(logits.detach() + noise[t], dim=-1)
+        obs, reward = env.step(action)
+        actions[t] = action
+        rewards[t] = reward
+        logits_t.append(logits)
+        values_t.append(value)
+    return Rollout(torch.stack(logits_t), torch.stack(values_t), actions, rewards)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimisers
+# ------------------------------------------------------------------------------------------------
+def make_optimizers(agent: RecurrentAgent, lr: float, warp_lr: float
+                    ) -> tuple[Partition, torch.optim.Adam, torch.optim.Adam | None]:
+    """The fast/warp split and its two Adams.
+
+    Returns:
+        ``(partition, fast_opt, warp_opt)``; ``warp_opt`` is ``None`` for agents without warp
+        modules, whose ``fast_opt`` then holds every parameter.
+    """
+    warp_modules = agent.warp_modules()
+    if warp_modules:
+        part = partition(agent, adapt=agent.adapt_modules(), warp=warp_modules)
+    else:
+        part = partition(agent, adapt=lambda _name: True, warp=[])
+    fast_opt = torch.optim.Adam(part.adapt_parameters(), lr=lr)
+    warp_params = part.warp_parameters()
+    warp_opt = torch.optim.Adam(warp_params, lr=warp_lr) if warp_params else None
+    return part, fast_opt, warp_opt
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV log
+# ------------------------------------------------------------------------------------------------
+LOG_FIELDS = (
+    "episode",  # 0-based index of the episode
+    "reward_mean",  # total reward of the episode, mean over the B mazes
+    "reward_std",  # ... and its standard deviation over the mazes
+    "loss", "policy_loss", "value_loss", "penalty",  # the A2C loss and its parts
+    "grad_norm",  # L2 norm of the episode gradient before clipping
+    "fast_step",  # 1 if the fast optimiser stepped after this episode
+    "warp_step",  # 1 if the warp optimiser stepped after this episode
+    "rollout_s", "update_s",  # seconds spent acting / in loss + backward + steps
+    "wall_s",  # training wall-clock since the run began (continues across resumes)
+)
+TIMING_FIELDS = ("rollout_s", "update_s", "wall_s")
+
+
+class CSVLog:
+    """Append-only CSV log, one row per episode.
+
+    Each row is one ``write`` followed by a flush. :meth:`sync` (called before every checkpoint)
+    fsyncs and returns the byte length, which the checkpoint stores; on resume the file is
+    truncated back to it, so rows of episodes after the checkpoint (or a torn last line from a
+    crash) are dropped and re-written by the resumed run.
+    """
+
+    def __init__(self, path: Path, resume_bytes: int | None = None) -> None:
+        self.path = path
+        if resume_bytes is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", newline="")
+            self.file.write(",".join(LOG_FIELDS) + "\n")
+            self.file.flush()
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"cannot resume: the log {path} is missing")
+            size = path.stat().st_size
+            if size < resume_bytes:
+                raise ValueError(f"cannot resume: {path} has {size} bytes but the checkpoint "
+                                 f"expects at least {resume_bytes}; the log was truncated")
+            self.file = open(path, "r+", newline="")
+            self.file.truncate(resume_bytes)
+            self.file.seek(resume_bytes)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.file.write(",".join(_fmt(row[k]) for k in LOG_FIELDS) + "\n")
+        self.file.flush()
+
+    def sync(self) -> int:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _fmt(value: Any) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def read_log(path: str | Path) -> dict[str, np.ndarray]:
+    """The CSV log as ``{column: float64 array}``."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in LOG_FIELDS}
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN/inf; no optimiser step was taken."""
+
+
+class Trainer:
+    """Trains a :class:`~agents.base.RecurrentAgent` on the maze (see the module docstring).
+
+    Args:
+        config: the run's settings (validated here).
+        out_dir: folder for ``log.csv``, ``checkpoint.pt`` and ``learning_curve.png``.
+        agent: an agent instance to train instead of ``make_agent(config.agent, ...)`` (tests).
+        _resume: internal; use :meth:`resume`.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path,
+                 agent: RecurrentAgent | None = None, _resume: dict | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(config.device)
+        torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        self.env = make_batch_env(config)
+        if agent is None:
+            agent = make_agent(config.agent, obs_dim=self.env.obs_dim, num_actions=NUM_ACTIONS,
+                               hidden_size=config.hidden_size)
+        if agent.obs_dim != self.env.obs_dim:
+            raise ValueError(f"agent.obs_dim={agent.obs_dim} but the maze gives "
+                             f"observations of length {self.env.obs_dim}")
+        self.agent = agent.to(self.device)
+        self.partition, self.fast_opt, self.warp_opt = make_optimizers(
+            self.agent, config.lr, config.warp_lr)
+        self.params = [p for p in self.agent.parameters() if p.requires_grad]
+        self.warp_params = self.partition.warp_parameters()
+        # Sum of the warp gradients since the last warp step.
+        self.warp_grad_sum = [torch.zeros_like(p) for p in self.warp_params]
+        self.generator = torch.Generator(device=self.device)
+        self.episode = 0
+        self.wall_s = 0.0
+        self.recent_rewards: deque[float] = deque(maxlen=100)
+        if _resume is not None:
+            self._load_state(_resume)
+        self.log = CSVLog(self.out_dir / LOG_NAME,
+                          resume_bytes=None if _resume is None else _resume["log_bytes"])
+        self.last_checkpoint_episode = self.episode if _resume is not None else -1
+
+    # --------------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def is_warmup(self, episode: int) -> bool:
+        """No optimiser steps during the first ``warmup_episodes`` episodes."""
+        return episode < self.config.warmup_episodes
+
+    def is_warp_step(self, episode: int) -> bool:
+        """True if the warp optimiser steps after ``episode`` (0-based)."""
+        if self.warp_opt is None or self.is_warmup(episode):
+            return False
+        return (episode - self.config.warmup_episodes + 1) % self.config.meta_interval == 0
+
+    def train_episode(self) -> dict[str, Any]:
+        """Collect one batch of episodes, compute the loss and take the scheduled steps.
+
+        Returns the episode's log row. Raises :class:`NonFiniteLossError` (before any step) if
+        the loss or the gradient is not finite.
+        """
+        cfg, episode = self.config, self.episode
+        env_seed, sample_seed = episode_seeds(cfg.seed, episode)
+        self.generator.manual_seed(sample_seed)
+
+        start = time.perf_counter()
+        rollout = collect_rollout(self.agent, self.env, cfg.episode_length, env_seed,
+                                  self.generator)
+        rollout_done = time.perf_counter()
+
+        loss: A2CLoss = a2c_loss(rollout.logits, rollout.values, rollout.actions,
+                                 rollout.rewards, cfg.gamma, cfg.value_coef, cfg.penalty_coef)
+        for p in self.params:
+            p.grad = None
+        loss.total.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        # One host sync per episode: the numbers for the log and the finiteness check.
+        episode_reward = rollout.rewards.sum(0)
+        numbers = torch.stack([loss.total.detach(), loss.policy.detach(), loss.value.detach(),
+                               loss.penalty.detach(), grad_norm.detach(),
+                               episode_reward.mean(), episode_reward.std(correction=0)]).tolist()
+        total, policy, value, penalty, norm, reward_mean, reward_std = numbers
+        if not (math.isfinite(total) and math.isfinite(norm)):
+            raise NonFiniteLossError(
+                f"non-finite loss at episode {episode}: loss={total}, policy={policy}, "
+                f"value={value}, penalty={penalty}, grad_norm={norm}")
+
+        fast_step = not self.is_warmup(episode)
+        warp_step = self.is_warp_step(episode)
+        if fast_step:
+            self.fast_opt.step()
+            if self.warp_opt is not None:
+                torch._foreach_add_(self.warp_grad_sum, [p.grad for p in self.warp_params])
+        if warp_step:
+            for p, g in zip(self.warp_params, self.warp_grad_sum, strict=True):
+                p.grad = g.clone()
+            self.warp_opt.step()
+            for g in self.warp_grad_sum:
+                g.zero_()
+        for p in self.params:
+            p.grad = None
+        end = time.perf_counter()
+
+        self.episode += 1
+        self.wall_s += end - start
+        self.recent_rewards.append(reward_mean)
+        return {
+            "episode": episode, "reward_mean": reward_mean, "reward_std": reward_std,
+            "loss": total, "policy_loss": policy, "value_loss": value, "penalty": penalty,
+            "grad_norm": norm, "fast_step": int(fast_step), "warp_step": int(warp_step),
+            "rollout_s": rollout_done - start, "update_s": end - rollout_done,
+            "wall_s": self.wall_s,
+        }
+
+    def train(self, until_episode: int | None = None, progress: bool = True) -> None:
+        """Train until ``until_episode`` episodes are done (default ``config.episodes``).
+
+        Writes a log row per episode and the checkpoint every ``checkpoint_every`` episodes and
+        at the end. On a non-finite loss, writes the checkpoint of the state before the failing
+        episode (parameters are still finite: no step was taken) and re-raises.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        until = cfg.episodes if until_episode is None else until_episode
+        bar = tqdm(total=until, initial=self.episode, disable=not progress, unit="ep",
+                   dynamic_ncols=True, desc=f"{cfg.agent} seed {cfg.seed}")
+        try:
+            while self.episode < until:
+                try:
+                    row = self.train_episode()
+                except NonFiniteLossError as err:
+                    where = self._save_after_failure()
+                    raise NonFiniteLossError(f"{err}. Training stopped; {where}") from None
+                self.log.append(row)
+                bar.update(1)
+                bar.set_postfix(reward=f"{np.mean(self.recent_rewards):.1f}",
+                                s_per_ep=f"{row['rollout_s'] + row['update_s']:.3f}",
+                                refresh=False)
+                if self.episode % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self.last_checkpoint_episode != self.episode:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+
+    # --------------------------------------------------------------------------------------------
+    # Checkpoints
+    # --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (see :meth:`resume`)."""
+        np_state = np.random.get_state()  # noqa: NPY002 (the global one)
+        rng = {
+            "torch": torch.get_rng_state(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      *np_state[2:]),
+            "python": random.getstate(),
+            "generator": self.generator.get_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "agent_class": f"{type(self.agent).__module__}:{type(self.agent).__qualname__}",
+            "episode": self.episode,
+            "agent": self.agent.state_dict(),
+            "fast_opt": self.fast_opt.state_dict(),
+            "warp_opt": None if self.warp_opt is None else self.warp_opt.state_dict(),
+            "warp_grad_sum": [g.clone() for g in self.warp_grad_sum],
+            "rng": rng,
+            "log_bytes": self.log.sync(),
+            "wall_s": self.wall_s,
+            "recent_rewards": list(self.recent_rewards),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``out_dir/checkpoint.pt`` atomically (a crash mid-write keeps the old one)."""
+        atomic_save(self.state_dict(), self.checkpoint_path)
+        self.last_checkpoint_episode = self.episode
+        return self.checkpoint_path
+
+    def _save_after_failure(self) -> str:
+        for p in self.params:
+            p.grad = None
+        if all(bool(torch.isfinite(p).all()) for p in self.agent.parameters()):
+            self.save_checkpoint()
+            return (f"the checkpoint {self.checkpoint_path} holds the (finite) state before "
+                    f"episode {self.episode}")
+        if self.last_checkpoint_episode >= 0:
+            return (f"the parameters are not finite, so the last checkpoint "
+                    f"{self.checkpoint_path} (episode {self.last_checkpoint_episode}) is kept")
+        return "the parameters are not finite and no checkpoint had been written"
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        self.agent.load_state_dict(ckpt["agent"])
+        self.fast_opt.load_state_dict(ckpt["fast_opt"])
+        if (ckpt["warp_opt"] is None) != (self.warp_opt is None):
+            raise ValueError("checkpoint and agent disagree on whether there are warp weights")
+        if self.warp_opt is not None:
+            self.warp_opt.load_state_dict(ckpt["warp_opt"])
+        for g, saved in zip(self.warp_grad_sum, ckpt["warp_grad_sum"], strict=True):
+            g.copy_(saved)
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.episode = int(ckpt["episode"])
+        self.wall_s = float(ckpt["wall_s"])
+        self.recent_rewards.extend(ckpt["recent_rewards"])
+
+    RESUME_OVERRIDABLE = ("episodes", "checkpoint_every", "threads", "device")
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, overrides: dict[str, Any] | None = None,
+               agent: RecurrentAgent | None = None) -> Trainer:
+        """Continue the run in ``out_dir`` from its checkpoint.
+
+        Args:
+            out_dir: the run's folder (holding ``checkpoint.pt`` and ``log.csv``).
+            overrides: new values for :attr:`RESUME_OVERRIDABLE` fields (e.g. more episodes);
+                any other field must equal the checkpoint's, or ``ValueError`` is raised.
+            agent: a fresh agent instance if the run was started with one.
+        """
+        out_dir = Path(out_dir)
+        ckpt = load_checkpoint(out_dir / CHECKPOINT_NAME)
+        config = TrainConfig(**ckpt["config"])
+        for name, value in (overrides or {}).items():
+            if not hasattr(config, name):
+                raise ValueError(f"unknown setting {name!r}")
+            if getattr(config, name) == value:
+                continue
+            if name not in cls.RESUME_OVERRIDABLE:
+                raise ValueError(
+                    f"cannot change {name} on resume (the checkpoint has {getattr(config, name)!r},"
+                    f" asked for {value!r}); only {', '.join(cls.RESUME_OVERRIDABLE)} may change")
+            setattr(config, name, value)
+        return cls(config, out_dir, agent=agent, _resume=ckpt)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :meth:`Trainer.save_checkpoint` (tensors only, safe load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a maze-trainer checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_agent(path: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[RecurrentAgent, TrainConfig]:
+    """The trained agent (in eval mode) and the run's config, from a checkpoint file."""
+    ckpt = load_checkpoint(path, map_location=device)
+    config = TrainConfig(**ckpt["config"])
+    import envs
+
+    obs_dim = int(envs.WarpMazeEnv(size=config.maze_size).observation_space.shape[0])
+    agent = make_agent(config.agent, obs_dim=obs_dim, num_actions=NUM_ACTIONS,
+                       hidden_size=config.hidden_size)
+    agent.load_state_dict(ckpt["agent"])
+    return agent.to(device).eval(), config
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference and plot
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def random_play_reward(config: TrainConfig, episodes: int = 4, seed: int = 12345) -> float:
+    """Mean episode reward of uniformly random actions on ``config``'s maze (the floor)."""
+    env = make_batch_env(dataclasses.replace(config, device="cpu", env_backend="auto"))
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for k in range(episodes):
+        env.reset(seed + k)
+        for _ in range(config.episode_length):
+            actions = torch.randint(NUM_ACTIONS, (env.num_envs,), generator=gen)
+            total += float(env.step(actions)[1].sum())
+    return total / (episodes * env.num_envs)
+
+
+def save_learning_curve(log_path: str | Path, png_path: str | Path, title: str = "",
+                        random_reward: float | None = None, window: int = 100) -> None:
+    """Plot reward per episode (mean over mazes) and its running mean; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = read_log(log_path)
+    episodes, reward = log["episode"], log["reward_mean"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(episodes, reward, color="tab:blue", alpha=0.25, lw=0.8, label="per episode")
+    if len(reward):
+        w = max(1, min(window, len(reward)))
+        running = np.convolve(reward, np.ones(w) / w, mode="valid")
+        ax.plot(episodes[w - 1:], running, color="tab:blue", lw=2, label=f"mean of last {w}")
+    if random_reward is not None:
+        ax.axhline(random_reward, color="gray", ls="--", lw=1,
+                   label=f"random play ({random_reward:.1f})")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward per episode (mean over mazes)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
