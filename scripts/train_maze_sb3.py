@@ -1,0 +1,243 @@
+"""Stable-Baselines3 baselines on ``WarpMaze-v0``: RecurrentPPO and a frame-stacked A2C.
+
+Off-the-shelf deep RL on exactly the maze our trainer uses, logged in the same CSV shape so
+that ``scripts/plot_maze.py`` overlays the curves. One *episode* here means what it means in
+``agents/trainer.py``: one 200-step round of the ``n_envs`` mazes (they truncate together), i.e.
+``n_envs * episode_length`` environment steps. Each round writes one row of ``log.csv``::
+
+    episode       0-based index of the round
+    reward_mean   total reward of a 200-step maze episode, mean over the mazes finishing then
+    reward_std    ... and its standard deviation over those mazes
+    timesteps     environment steps so far (all envs together)
+    wall_s        seconds since training began
+
+Algorithms (SB3 defaults unless a flag says otherwise):
+
+* ``recurrent_ppo``: ``sb3_contrib.RecurrentPPO("MlpLstmPolicy")`` with an LSTM of ``--hidden``
+  units (100, like our agents). Needs sb3-contrib (``pip install "warp-rl[contrib]"``).
+* ``a2c``: ``stable_baselines3.A2C("MlpPolicy")`` over ``VecFrameStack`` of the last
+  ``--n-stack`` observations (4): a feed-forward policy with a short memory, no recurrence.
+
+Usage::
+
+    python scripts/train_maze_sb3.py --algo recurrent_ppo --seed 0 --episodes 5000 \\
+        --out runs/sb3_rppo_s0
+    python scripts/train_maze_sb3.py --algo a2c --seed 0 --timesteps 3000000 --out runs/sb3_a2c_s0
+
+The folder gets ``log.csv``, ``config.json`` (the arguments, with ``agent`` = ``sb3-<algo>``
+for the plot script) and ``model.zip`` (the final SB3 model), each written atomically except the
+append-only log, which is flushed every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Runnable from a clean clone without installing: the repository root holds envs/, warp_rl/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ALGOS = ("recurrent_ppo", "a2c")
+ENV_ID = "WarpMaze-v0"
+LOG_NAME = "log.csv"
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.zip"
+LOG_FIELDS = ("episode", "reward_mean", "reward_std", "timesteps", "wall_s")
+CONTRIB_HINT = ('RecurrentPPO needs sb3-contrib, which is not installed; install it with '
+                '`pip install "warp-rl[contrib]"` (or `pip install sb3-contrib`)')
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number; got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train Stable-Baselines3 RecurrentPPO or frame-stacked A2C on WarpMaze-v0 "
+                    "and log reward per 200-step episode in the maze trainer's CSV shape.")
+    p.add_argument("--algo", choices=ALGOS, required=True)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--timesteps", type=_positive_int,
+                        help="total environment steps (all envs together)")
+    budget.add_argument("--episodes", type=_positive_int,
+                        help="rounds of n_envs maze episodes; timesteps = episodes * n_envs * "
+                             "episode_length (matches the trainer's episode count)")
+    p.add_argument("--n-envs", type=_positive_int, default=30,
+                   help="mazes stepped together (30, the trainer's batch)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--hidden", type=_positive_int, default=100,
+                   help="LSTM width for recurrent_ppo (100)")
+    p.add_argument("--n-stack", type=_positive_int, default=4,
+                   help="observations stacked for a2c (4)")
+    p.add_argument("--n-steps", type=_positive_int, default=None,
+                   help="steps per env per update (SB3 default: 128 for PPO, 5 for A2C)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (SB3 default: 3e-4 for PPO, 7e-4 for A2C)")
+    p.add_argument("--gamma", type=float, default=0.99, help="discount (SB3's 0.99)")
+    p.add_argument("--size", type=int, default=13, help="maze side, odd (13)")
+    p.add_argument("--episode-length", type=_positive_int, default=200,
+                   help="steps per maze episode (200)")
+    p.add_argument("--device", default="cpu", help="torch device for SB3 (cpu)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def import_algo(algo: str) -> type:
+    """The SB3 class for ``algo``; a clear ``SystemExit`` if sb3-contrib is missing."""
+    if algo == "recurrent_ppo":
+        try:
+            from sb3_contrib import RecurrentPPO
+        except ImportError as err:
+            raise SystemExit(f"{CONTRIB_HINT} ({err})") from None
+        return RecurrentPPO
+    if algo == "a2c":
+        from stable_baselines3 import A2C
+
+        return A2C
+    raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
+
+
+def make_episode_logger(path: Path, total_rounds: int | None, progress: bool):
+    """An SB3 callback writing one CSV row per round of maze episodes (see the module doc)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    class MazeEpisodeLogger(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rounds = 0
+            self.start = 0.0
+            self.file: io.TextIOBase | None = None
+            self.bar = None
+            self.recent: list[float] = []
+
+        def _on_training_start(self) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", newline="")
+            self.file.write(",".join(LOG_FIELDS) + "\n")
+            self.file.flush()
+            self.bar = tqdm(total=total_rounds, disable=not progress, unit="ep",
+                            dynamic_ncols=True, desc=path.parent.name)
+            self.start = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            # Monitor (added by make_vec_env) puts {"r": return, "l": length} into the info
+            # of every env whose episode ends at this step; the mazes end together.
+            returns = [info["episode"]["r"] for info in self.locals["infos"] if "episode" in info]
+            if returns:
+                r = np.asarray(returns, dtype=np.float64)
+                row = (self.rounds, repr(float(r.mean())), repr(float(r.std())),
+                       self.num_timesteps, repr(time.perf_counter() - self.start))
+                self.file.write(",".join(map(str, row)) + "\n")
+                self.file.flush()
+                self.rounds += 1
+                self.recent = ([*self.recent, float(r.mean())])[-100:]
+                self.bar.update(1)
+                self.bar.set_postfix(reward=f"{np.mean(self.recent):.1f}", refresh=False)
+            return True
+
+        def _on_training_end(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+            if self.file is not None:
+                self.file.close()
+
+    return MazeEpisodeLogger()
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train as ``args`` says; returns the run folder."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    import envs  # noqa: F401  (registers WarpMaze-v0)
+    from warp_rl.utils import atomic_write_bytes, atomic_write_text
+
+    if args.size < 5 or args.size % 2 == 0:
+        raise SystemExit(f"--size must be an odd integer >= 5; got {args.size}")
+    if not 0.0 <= args.gamma <= 1.0:
+        raise SystemExit(f"--gamma must lie in [0, 1]; got {args.gamma}")
+    algo_cls = import_algo(args.algo)
+    torch.set_num_threads(args.threads)
+    timesteps = args.timesteps or args.episodes * args.n_envs * args.episode_length
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
+                       env_kwargs={"size": args.size, "episode_length": args.episode_length})
+    kwargs: dict[str, Any] = {"seed": args.seed, "device": args.device, "gamma": args.gamma}
+    if args.n_steps is not None:
+        kwargs["n_steps"] = args.n_steps
+    if args.lr is not None:
+        kwargs["learning_rate"] = args.lr
+    if args.algo == "recurrent_ppo":
+        policy = "MlpLstmPolicy"
+        kwargs["policy_kwargs"] = {"lstm_hidden_size": args.hidden}
+        # PPO's minibatch must not exceed a rollout (n_steps * n_envs).
+        kwargs["batch_size"] = min(128, kwargs.get("n_steps", 128) * args.n_envs)
+    else:
+        policy = "MlpPolicy"
+        env = VecFrameStack(env, n_stack=args.n_stack)
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(agent=f"sb3-{args.algo}", env_id=ENV_ID, total_timesteps=timesteps,
+                  policy=policy, sb3_kwargs={k: v for k, v in kwargs.items() if k != "device"})
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+
+    model = algo_cls(policy, env, **kwargs)
+    total_rounds = math.ceil(timesteps / (args.n_envs * args.episode_length))
+    logger = make_episode_logger(out / LOG_NAME, total_rounds, not args.no_progress)
+    model.learn(total_timesteps=timesteps, callback=logger)
+    env.close()
+    buf = io.BytesIO()
+    model.save(buf)
+    atomic_write_bytes(out / MODEL_NAME, buf.getvalue())
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    out = train(args)
+    print(f"wrote {out / LOG_NAME}, {out / CONFIG_NAME} and {out / MODEL_NAME}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
