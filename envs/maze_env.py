@@ -24,7 +24,6 @@ from envs.maze import (
     make_walls,
     render_ansi,
     render_rgb,
-    window_of,
 )
 
 Cell = tuple[int, int]
@@ -44,6 +43,17 @@ def check_render_mode(render_mode: str | None, accepted: list[str]) -> None:
         raise ValueError(
             f"render_mode={render_mode!r} is not accepted: expected None or one of {accepted}"
         )
+
+
+def _is_action(action: Any) -> bool:
+    """An integer (Python, numpy, or a 0-d integer array) in [0, 4); what Discrete(4) contains."""
+    if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+        action = action.item()
+    return (
+        isinstance(action, int | np.integer)
+        and not isinstance(action, bool)
+        and 0 <= action < NUM_ACTIONS
+    )
 
 
 class WarpMazeEnv(gym.Env[np.ndarray, np.int64]):
@@ -132,7 +142,7 @@ class WarpMazeEnv(gym.Env[np.ndarray, np.int64]):
                 f"the episode ended at t={self._t} (episode_length={T}); call reset() before "
                 "step()"
             )
-        if not self.action_space.contains(action):
+        if not _is_action(action):
             raise ValueError(
                 f"action={action!r} is not accepted: expected an integer in [0, {NUM_ACTIONS}) "
                 "(0 up, 1 down, 2 left, 3 right)"
@@ -248,6 +258,7 @@ class WarpMazeEnv(gym.Env[np.ndarray, np.int64]):
 
     def _set_walls(self, walls: np.ndarray) -> None:
         self._walls = np.array(walls, dtype=bool)
+        self._padded = np.pad(self._walls, self.config.view_size // 2, constant_values=True)
         self._free_cells = [(int(r), int(c)) for r, c in np.argwhere(~self._walls)]
 
     def _uniform(self) -> float:
@@ -262,7 +273,9 @@ class WarpMazeEnv(gym.Env[np.ndarray, np.int64]):
     def _observation(self) -> np.ndarray:
         lay = self.obs_layout
         obs = np.zeros(lay.dim, dtype=np.float32)
-        obs[lay.window] = window_of(self._walls, self._agent, self.config.view_size).ravel()
+        row, col = self._agent  # the padded grid shifts the window's top-left corner here
+        v = self.config.view_size
+        obs[lay.window] = self._padded[row:row + v, col:col + v].ravel()
         obs[lay.bias] = 1.0
         obs[lay.time] = self._t / self.config.episode_length
         obs[lay.last_reward] = self._last_reward

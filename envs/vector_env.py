@@ -5,13 +5,22 @@ of Gymnasium's ``CartPoleVectorEnv``. All mazes share the episode clock: they st
 truncate together at ``episode_length`` and are reset together (lockstep), which is what the A2C
 trainer wants and what lets a whole batch reset in one vectorised call.
 
-Representation: each maze is padded with ``pad`` rings of wall and flattened; the agent, goal and
-start are integer indices into one flat bool array of walls, shared by all mazes for the
-``"grid"`` layout (shape ``(W*W,)``, ``W = size + 2 pad``) and one block per maze for ``"random"``
-(``(N*W*W,)``, maze ``i`` at offset ``i*W*W``). A move is then ``pos + delta[action]``, a wall
-test is one gather, and the observed window is one gather at ``pos[:, None] + offsets``.
-Goals and teleport destinations are drawn for all mazes at once with
-:func:`envs.maze.pick_rank` over each maze's row-major list of free cells.
+Representation (chosen so that a step is about a dozen numpy calls whatever ``N``):
+
+* Each maze is padded with ``pad`` rings of wall and flattened; the agent, goal and start are
+  integer indices into the flat cells, one block of ``W*W`` cells (``W = size + 2 pad``) shared
+  by all mazes for the ``"grid"`` layout, one block per maze for ``"random"`` (maze ``i`` at
+  offset ``i*W*W``).
+* ``_next[cell, action]`` is the cell a move leads to (the same cell for a wall): a move is one
+  gather. (Per-maze walls make this table ``N*W*W*4`` integers: 29 MB at N=4096, 13x13.)
+* ``_obs_rows`` holds the observation of a cell without the time, reward and action slots: one
+  row per cell for shared walls; for per-maze walls at ``view_size <= 3``, one row per window
+  pattern, each cell's pattern being a 9-bit code in ``_codes``; larger per-maze windows are
+  gathered from the walls at every step.
+* Goals and teleport destinations are drawn for all mazes at once with
+  :func:`envs.maze.pick_rank` over each maze's row-major list of free cells. The per-step
+  uniforms are drawn in blocks of up to 64 steps that never cross an episode's end, which
+  consumes the generator exactly as one draw per step would.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from envs.maze import (
 from envs.maze_env import check_render_mode, check_reset_options
 
 AUTORESET_MODES: tuple[AutoresetMode, ...] = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+UNIFORM_BLOCK: int = 64
+"""Steps of uniforms drawn at once (see the module docstring)."""
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -65,7 +76,7 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
     ``"_agent_cell"``, ``"_goal_cell"`` (all True), as ``SyncVectorEnv`` would give. In
     SAME_STEP mode the last step's info also has ``"final_obs"``, a float32 ``(N, D)`` array
     (``SyncVectorEnv`` gives an object array; here every maze ends together), ``"final_info"``
-    (the last step's info) and their masks.
+    (the last step's info) and their masks. Arrays in ``info`` may be read-only.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -116,32 +127,35 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         # geometry of the padded, flattened grid
         self._pad = p = cfg.pad
         self._width = W = cfg.size + 2 * p
-        self._delta = np.array([dr * W + dc for dr, dc in MOVES], dtype=np.int64)
+        self._delta = np.array([dr * W + dc for dr, dc in MOVES], dtype=np.intp)
         h = cfg.view_size // 2
         self._offsets = np.array(
-            [dr * W + dc for dr in range(-h, h + 1) for dc in range(-h, h + 1)], dtype=np.int64
+            [dr * W + dc for dr in range(-h, h + 1) for dc in range(-h, h + 1)], dtype=np.intp
         )
-        # local flat index -> (row, col) in the unpadded grid
         rows, cols = np.divmod(np.arange(W * W), W)
-        self._cell_of = np.stack([rows - p, cols - p], axis=1)
-        self._onehot = np.eye(NUM_ACTIONS, dtype=np.float32)
-        self._v2 = lay.window.stop
+        self._cell_of = np.stack([rows - p, cols - p], axis=1)  # flat -> (row, col), unpadded
         self._rows = np.arange(N)
+        self._action_slot = self._rows * lay.dim + lay.prev_action.start  # flat index, action 0
         self._all_true = _read_only(np.ones(N, dtype=bool))
 
         # state (set by reset)
-        self._walls_flat = np.zeros(0, dtype=bool)
-        self._shared = True  # one block of walls for all mazes
-        self._base = np.zeros(N, dtype=np.int64)  # offset of maze i's block in _walls_flat
-        self._free = np.zeros((N, 0), dtype=np.int64)  # absolute free indices, row-major
-        self._num_free = np.zeros(N, dtype=np.int64)
-        self._free_cumsum = np.zeros((N, 0), dtype=np.int64)
-        self._pos = np.zeros(N, dtype=np.int64)
-        self._goal = np.zeros(N, dtype=np.int64)
-        self._goal_rank = np.zeros(N, dtype=np.int64)
-        self._goal_cell = np.zeros((N, 2), dtype=np.int64)
-        self._last_action = np.zeros(N, dtype=np.int64)
+        self._walls_flat = np.zeros(0, dtype=bool)  # (W*W,) shared or (N*W*W,) per maze
+        self._shared = True
+        self._base = np.zeros(N, dtype=np.intp)  # offset of maze i's block
+        self._next = np.zeros((0, NUM_ACTIONS), dtype=np.intp)  # cell after each action
+        self._free = np.zeros((N, 0), dtype=np.intp)  # free cells, row-major (absolute)
+        self._num_free = np.zeros(N, dtype=np.intp)
+        self._free_cumsum = np.zeros((N, 0), dtype=np.intp)
+        self._codes: np.ndarray | None = None
+        self._obs_rows: np.ndarray | None = None
+        self._pos = np.zeros(N, dtype=np.intp)
+        self._goal = np.zeros(N, dtype=np.intp)
+        self._goal_rank = np.zeros(N, dtype=np.intp)
+        self._goal_cell = np.zeros((N, 2), dtype=np.intp)
+        self._last_action = np.zeros(N, dtype=np.intp)
         self._last_reward = np.zeros(N)
+        self._ublock = np.zeros((0, N))  # pre-drawn per-step uniforms
+        self._ublock_next = 0
         self._t: int | None = None
         self._autoreset_pending = False
         self._walls_are_grid = False
@@ -160,16 +174,16 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every maze with ``actions`` int ``(N,)`` in ``{0, 1, 2, 3}``."""
+        """Step every maze with ``actions``, integers ``(N,)`` in ``{0, 1, 2, 3}``."""
         if self._t is None:
             raise RuntimeError("step() was called before reset(): call reset() first")
+        N, cfg = self.num_envs, self.config
         actions = np.asarray(actions)
-        N = self.num_envs
         if (
             actions.shape != (N,)
             or actions.dtype.kind not in "iu"
-            or actions.min() < 0
-            or actions.max() >= NUM_ACTIONS
+            # seen as unsigned, a negative action is huge: one comparison checks the range
+            or np.count_nonzero(actions.view(f"u{actions.itemsize}") >= NUM_ACTIONS)
         ):
             raise ValueError(
                 f"actions={actions!r} are not accepted: expected integers in [0, {NUM_ACTIONS}) "
@@ -177,38 +191,33 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
             )
         if self._autoreset_pending:  # NEXT_STEP: this step only resets
             self._new_episode()
-            obs = self._observation()
             false = np.zeros(N, dtype=bool)
-            return obs, np.zeros(N), false, false.copy(), self._info()
+            return self._observation(), np.zeros(N), false, false.copy(), self._info()
 
-        cfg = self.config
-        target = self._pos + self._delta[actions]
-        blocked = self._walls_flat[target]
-        pos = np.where(blocked, self._pos, target)
+        pos = self._next[self._pos, actions]
         hit = pos == self._goal
-        u = self._uniform(N)  # one uniform per maze per step (see envs.maze)
         reward = hit * cfg.reward
         if cfg.wall_penalty:
-            reward -= blocked * cfg.wall_penalty
-        if hit.any():  # teleport to a free cell other than the goal
+            reward -= (pos == self._pos) * cfg.wall_penalty  # stayed in place: bumped a wall
+        u = self._step_uniforms()  # one per maze per step (see envs.maze)
+        if np.count_nonzero(hit):  # teleport to a free cell other than the goal
             idx = np.flatnonzero(hit)
             rank = pick_rank(u[idx], self._num_free[idx], self._goal_rank[idx])
             pos[idx] = self._free[idx, rank]
         self._pos = pos
-        self._last_action = actions.astype(np.int64)
+        self._last_action = actions.copy()
         self._last_reward = reward
         self._t += 1
 
-        obs = self._observation()
-        info = self._info()
+        obs, info = self._observation(), self._info()
+        done = self._t >= cfg.episode_length
         terminated = np.zeros(N, dtype=bool)
-        truncated = np.full(N, self._t >= cfg.episode_length)
-        if self._t >= cfg.episode_length:
+        truncated = np.ones(N, dtype=bool) if done else np.zeros(N, dtype=bool)
+        if done:
             if self.autoreset_mode == AutoresetMode.SAME_STEP:
                 final_obs, final_info = obs, info
                 self._new_episode()
-                obs = self._observation()
-                info = self._info()
+                obs, info = self._observation(), self._info()
                 info.update(
                     final_obs=final_obs, _final_obs=self._all_true,
                     final_info=final_info, _final_info=self._all_true,
@@ -249,12 +258,12 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
 
     @property
     def agent_cells(self) -> np.ndarray:
-        """``(row, col)`` of every agent, int64 ``(N, 2)``."""
+        """``(row, col)`` of every agent, int ``(N, 2)``."""
         return self._cell_of[self._pos - self._base]
 
     @property
     def goal_cells(self) -> np.ndarray:
-        """``(row, col)`` of every goal, int64 ``(N, 2)``."""
+        """``(row, col)`` of every goal, int ``(N, 2)``."""
         return self._goal_cell.copy()
 
     def set_state(
@@ -268,9 +277,9 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         """Overwrite parts of the state (after a reset); returns the observations ``(N, D)``.
 
         For tests and analysis: ``walls`` bool ``(S, S)`` (all mazes) or ``(N, S, S)`` (needs
-        ``agent`` and ``goal`` too);
-        ``agent``, ``goal`` int ``(N, 2)`` free cells that differ per maze; ``t`` in
-        ``[0, episode_length)``. The previous rewards and actions are kept.
+        ``agent`` and ``goal`` too); ``agent``, ``goal`` int ``(N, 2)`` free cells that differ
+        per maze; ``t`` in ``[0, episode_length)``. The previous rewards and actions are kept;
+        uniforms drawn ahead for later steps are discarded.
         """
         if self._t is None:
             raise RuntimeError("set_state() needs a reset() first")
@@ -296,6 +305,7 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         if t is not None:
             self._t = int(t)
         self._autoreset_pending = False
+        self._ublock, self._ublock_next = self._ublock[:0], 0
         return self._observation()
 
     # ----------------------------------------------------------------- internals
@@ -313,25 +323,57 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         rank = pick_rank(self._uniform(N), self._num_free, self._rank_of(start))
         self._set_goal(self._free[self._rows, rank])
         self._pos = start
-        self._last_action = np.zeros(N, dtype=np.int64)
+        self._last_action = np.zeros(N, dtype=np.intp)
         self._last_reward = np.zeros(N)
         self._t = 0
         self._autoreset_pending = False
+        self._ublock, self._ublock_next = self._ublock[:0], 0
 
     def _install_walls(self, walls: np.ndarray) -> None:
-        """Pad and flatten walls ``(S, S)`` (shared) or ``(N, S, S)``; build free-cell lists."""
-        N, W = self.num_envs, self._width
+        """Walls ``(S, S)`` (shared) or ``(N, S, S)``: flat walls, move table, free cells, and
+        the observation tables."""
+        N, W, lay = self.num_envs, self._width, self.obs_layout
         self._shared = walls.ndim == 2
         flat = flatten_mazes(walls[None] if self._shared else walls, self._pad)
         self._walls_flat = flat.walls.reshape(-1)
-        self._base = np.zeros(N, dtype=np.int64) if self._shared else self._rows * (W * W)
+        self._base = np.zeros(N, dtype=np.intp) if self._shared else self._rows * (W * W)
         self._free = np.broadcast_to(flat.free + self._base[:, None], (N, flat.free.shape[1]))
         self._num_free = np.broadcast_to(flat.num_free, (N,))
         self._free_cumsum = np.broadcast_to(flat.free_cumsum, (N, W * W))
 
+        cells = np.arange(self._walls_flat.size)
+        target = np.clip(cells[:, None] + self._delta, 0, cells.size - 1)  # (cells, 4)
+        self._next = np.where(self._walls_flat[target], cells[:, None], target)
+
+        v2 = lay.window.stop
+        local = np.arange(W * W)
+        around = np.clip(local[:, None] + self._offsets, 0, W * W - 1)  # (W*W, v2)
+        self._codes, self._obs_rows = None, None
+        if self._shared:  # one row per cell
+            rows = np.zeros((W * W, lay.dim), dtype=np.float32)
+            rows[:, :v2] = flat.walls[0][around]
+        elif v2 <= 9:  # one row per window pattern; each cell's pattern as a v2-bit code
+            bits = flat.walls[:, around]  # (N, W*W, v2)
+            self._codes = (bits.astype(np.intp) @ (1 << np.arange(v2))).reshape(-1)
+            rows = np.zeros((2**v2, lay.dim), dtype=np.float32)
+            rows[:, :v2] = (np.arange(2**v2)[:, None] >> np.arange(v2)) & 1
+        else:  # gathered at every step
+            return
+        rows[:, lay.bias] = 1.0
+        self._obs_rows = rows
+
     def _uniform(self, n: int) -> np.ndarray:
         """The only source of randomness besides maze carving: ``n`` float64 uniforms."""
         return self.np_random.random(n)
+
+    def _step_uniforms(self) -> np.ndarray:
+        """This step's ``(N,)`` uniforms, from a block that ends by the episode's end."""
+        if self._ublock_next == len(self._ublock):
+            steps = min(UNIFORM_BLOCK, self.config.episode_length - self._t)
+            self._ublock = self._uniform(steps * self.num_envs).reshape(steps, self.num_envs)
+            self._ublock_next = 0
+        self._ublock_next += 1
+        return self._ublock[self._ublock_next - 1]
 
     def _rank_of(self, cell_abs: np.ndarray) -> np.ndarray:
         """Row-major rank of free cells (absolute indices ``(N,)``) among their maze's free
@@ -357,17 +399,23 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         flat = self._base + (cells[:, 0] + p) * W + (cells[:, 1] + p)
         if self._walls_flat[flat].any():
             raise ValueError(f"{name}={cells.tolist()} is not accepted: expected free cells")
-        return flat.astype(np.int64)
+        return flat.astype(np.intp)
 
     def _observation(self) -> np.ndarray:
         """Observations float32 ``(N, D)`` (layout: :class:`envs.maze.ObsLayout`)."""
-        v2 = self._v2
-        obs = np.empty((self.num_envs, self.obs_layout.dim), dtype=np.float32)
-        obs[:, :v2] = self._walls_flat[self._pos[:, None] + self._offsets]
-        obs[:, v2:v2 + 2] = (0.0, 1.0)  # unused, bias
-        obs[:, v2 + 2] = self._t / self.config.episode_length
-        obs[:, v2 + 3] = self._last_reward
-        obs[:, v2 + 4:] = self._onehot[self._last_action]
+        lay = self.obs_layout
+        if self._codes is not None:
+            obs = self._obs_rows[self._codes[self._pos]]
+        elif self._obs_rows is not None:
+            obs = self._obs_rows[self._pos]
+        else:
+            v2 = lay.window.stop
+            obs = np.zeros((self.num_envs, lay.dim), dtype=np.float32)
+            obs[:, :v2] = self._walls_flat[self._pos[:, None] + self._offsets]
+            obs[:, lay.bias] = 1.0
+        obs[:, lay.time] = self._t / self.config.episode_length
+        obs[:, lay.last_reward] = self._last_reward
+        obs.reshape(-1)[self._action_slot + self._last_action] = 1.0
         return obs
 
     def _info(self) -> dict[str, Any]:
