@@ -1,0 +1,39 @@
+"""Compare Omniglot runs: a markdown table (mean +- std over seeds) and a figure.
+
+    python scripts/plot_omniglot.py runs/omniglot/* --out runs/omniglot/comparison.png
+
+Every folder given (or found one level below a folder given) that holds a finished run's
+test.json is grouped by its meta-model; the table goes to stdout and next to the figure
+(comparison.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from warp_rl.omniglot.plots import collect_runs, plot_comparison, table
+from warp_rl.utils import atomic_write_text
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders (or folders of run folders)")
+    p.add_argument("--out", default="runs/omniglot/comparison.png", help="figure path")
+    args = p.parse_args(argv)
+    dirs: list[Path] = []
+    for r in map(Path, args.runs):
+        dirs += [r] if (r / "test.json").is_file() else sorted(d for d in r.glob("*/"))
+    runs = collect_runs(dirs)
+    if not runs:
+        raise SystemExit(f"no finished runs (folders with test.json) among {args.runs}")
+    text = table(runs)
+    fig = plot_comparison(runs, args.out)
+    atomic_write_text(Path(args.out).with_suffix(".md"), text + "\n")
+    print(text)
+    print(f"figure: {fig}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

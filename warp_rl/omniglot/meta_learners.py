@@ -1,0 +1,680 @@
+"""Meta-learners for Omniglot: warp_leap, warp, leap, reptile, fomaml, maml, ft and no.
+
+Every learner answers two calls on a :class:`~warp_rl.omniglot.tasks.TaskBatch`:
+
+- ``meta_step(tasks)``: adapt to each meta-training task, then update what it meta-learns;
+- ``evaluate(tasks)``: adapt to each task from what it has learned and measure, changing no
+  meta-learned state.
+
+Adaptation is the same everywhere: reset the adaptable parameters to the learner's
+initialisation and every batch-norm layer's statistics, then ``steps`` steps of the inner
+optimiser (``torch.optim``) in training mode, each on that step's batch; the training curve
+records the loss and accuracy of each batch *before* its step. Held-out drawings are then
+classified in evaluation mode (batch norm with the task's own running statistics).
+
+What is meta-learned:
+
+- ``warp_leap``: warp layers (WarpGrad Algorithm 2) and the initialisation (Leap), via the core's
+  :class:`warp_rl.Warp`; ``warp``: warp layers only, adaptable layers reset to a fixed random
+  initialisation;
+- ``leap``: the initialisation, with the core's Leap gradient
+  (:func:`warp_rl.objectives.leap_gradient`: the mean over tasks of the sum of normalised
+  steps ``theta_k - theta_{k+1}``);
+- ``reptile``: the initialisation, gradient ``theta_0 - mean_tasks theta_K``;
+- ``fomaml``: the initialisation, gradient ``mean_tasks grad L(theta_K; held-out drawings)``;
+- ``maml``: the initialisation, exact gradient of ``L(theta_K(theta_0); held-out drawings)``
+  through the unrolled inner SGD steps (``torch.func.functional_call``); memory grows with the
+  unrolled steps (``unroll``);
+- ``ft``: multi-headed finetuning: a shared network with one head per meta-training alphabet is
+  trained on the meta-batch's batches, mixed in random order, with the inner optimiser
+  (kept across meta-steps); a test task gets a freshly initialised head and finetunes it all;
+- ``no``: nothing; every task adapts from the same random initialisation.
+
+The held-out drawings of *meta-training* alphabets serve as the query set of fomaml and maml;
+the meta-test alphabets are never seen before the final test.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from warp_rl import DualUpdater, ReplayBuffer, Warp, objectives
+
+from .models import OmniConv, WarpConfig
+from .tasks import TaskBatch
+
+METHODS = ("warp_leap", "warp", "leap", "reptile", "fomaml", "maml", "ft", "no")
+
+
+# --------------------------------------------------------------------------- optimisers
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """An optimiser by name: ``sgd`` (with optional momentum) or ``adam``; ``lr`` per step."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("sgd", "adam"):
+            raise ValueError(f"optimiser {self.name!r} unknown; choose 'sgd' or 'adam'")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate {self.lr} must be a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum {self.momentum} must be in [0, 1)")
+        if self.name == "adam" and self.momentum:
+            raise ValueError("momentum applies to sgd only (adam has its own betas)")
+
+    def make(self, params) -> torch.optim.Optimizer:
+        """A fresh ``torch.optim`` optimiser over ``params`` (tensors or param groups)."""
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return torch.optim.Adam(params, lr=self.lr)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TaskResults:
+    """Per-task results of adapting to ``T`` tasks.
+
+    Attributes:
+        train_loss, train_acc: float ``(T, steps)``: each adaptation batch's loss / accuracy
+            (fraction in [0, 1]) before its step, the adaptation training curve.
+        test_loss, test_acc: float ``(T,)``: held-out loss / accuracy after adaptation.
+        task_ids: long ``(T,)``: pool indices of the tasks.
+    """
+
+    train_loss: torch.Tensor
+    train_acc: torch.Tensor
+    test_loss: torch.Tensor
+    test_acc: torch.Tensor
+    task_ids: torch.Tensor
+
+    @staticmethod
+    def cat(parts: list[TaskResults]) -> TaskResults:
+        """Concatenate along tasks."""
+        return TaskResults(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in TaskResults.__dataclass_fields__)
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Means over tasks: held-out accuracy and loss, and the area under the training curve
+        (the mean over steps of the training accuracy / loss; ``auc_acc`` in [0, 1])."""
+        std = self.test_acc.std().item() if len(self.test_acc) > 1 else 0.0
+        return {
+            "test_acc": self.test_acc.mean().item(),
+            "test_acc_std": std,
+            "test_loss": self.test_loss.mean().item(),
+            "auc_acc": self.train_acc.mean().item(),
+            "auc_loss": self.train_loss.mean().item(),
+            "final_train_acc": self.train_acc[:, -1].mean().item()
+            if self.train_acc.shape[1]
+            else float("nan"),
+        }
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=-1) == y).float().mean()
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def adapt_task(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: TaskBatch,
+    forward: Forward | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> TaskResults:
+    """Adapt ``model`` to one task (``task.num_tasks == 1``) and evaluate it on held-out data.
+
+    Args:
+        model: the network, already reset to where adaptation starts.
+        optimizer: inner optimiser over the parameters to adapt.
+        task: a single task.
+        forward: ``images -> logits``; default ``model``.
+        after_step: called after every optimiser step (e.g. to record the trajectory).
+    """
+    if task.num_tasks != 1:
+        raise ValueError(f"adapt_task takes one task, got {task.num_tasks}")
+    forward = model if forward is None else forward
+    model.train()
+    losses, accs = [], []
+    for k in range(task.steps):
+        x, y = task.train_batch(k)
+        logits = forward(x[0])
+        loss = F.cross_entropy(logits, y[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        accs.append(_accuracy(logits.detach(), y[0]))
+        if after_step is not None:
+            after_step()
+    model.eval()
+    with torch.no_grad():
+        xt, yt = task.test_set()
+        logits = forward(xt[0])
+        test_loss = F.cross_entropy(logits, yt[0])
+        test_acc = _accuracy(logits, yt[0])
+    model.train()
+    empty = torch.zeros(0)
+    return TaskResults(
+        train_loss=(torch.stack(losses) if losses else empty).cpu()[None],
+        train_acc=(torch.stack(accs) if accs else empty).cpu()[None],
+        test_loss=test_loss.cpu()[None],
+        test_acc=test_acc.cpu()[None],
+        task_ids=task.task_ids.clone(),
+    )
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+class MetaLearner:
+    """Base class: adaptation from :meth:`init_task`, with the inner optimiser on
+    :meth:`adapt_parameters`; subclasses define :meth:`meta_step`.
+
+    Args:
+        model: the task network (its parameters are overwritten at every task).
+        inner: the adaptation optimiser.
+        outer: the meta optimiser.
+        seed: seed of the learner's own generator (head initialisation, ft's batch order).
+    """
+
+    name = "base"
+    #: False for learners without meta-training (``no``): the script skips the loop.
+    trains = True
+
+    def __init__(
+        self, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int = 0
+    ) -> None:
+        self.model = model
+        self.inner = inner
+        self.outer = outer
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def init_task(self) -> None:
+        """Put ``self.model`` where adaptation starts and reset batch-norm statistics."""
+        raise NotImplementedError
+
+    def adapt_parameters(self) -> list[nn.Parameter]:
+        """What the inner optimiser adapts (default: every parameter of the model)."""
+        return list(self.model.parameters())
+
+    def forward_fn(self, task_id: int, meta_train: bool) -> Forward | None:
+        """``images -> logits`` for a task (``None``: the model itself)."""
+        return None
+
+    def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
+        """Reset, adapt to one task, evaluate on its held-out drawings."""
+        self.init_task()
+        opt = self.inner.make(self.adapt_parameters())
+        return adapt_task(self.model, opt, task, after_step=after_step)
+
+    def evaluate(self, tasks: TaskBatch) -> TaskResults:
+        """Adapt to each task independently and evaluate; meta-learned state is unchanged."""
+        return TaskResults.cat([self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)])
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        """One meta-update from a meta-batch of tasks; returns their adaptation results."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["generator"])
+
+
+class InitLearner(MetaLearner):
+    """A learner whose meta-learned object is the initialisation, kept in ``self.init_model``
+    (a copy of the model) with the outer optimiser over its parameters."""
+
+    def __init__(self, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int = 0):
+        super().__init__(model, inner, outer, seed)
+        self.init_model = copy.deepcopy(model)
+        self.init_model.reset_batch_norm()
+        self.outer_opt = outer.make(self.init_model.parameters())
+
+    def init_task(self) -> None:
+        self.model.load_state_dict(self.init_model.state_dict())
+        self.model.reset_batch_norm()
+
+    def _outer_step(self, grads: dict[str, torch.Tensor]) -> None:
+        """Set the initialisation's gradient to ``grads`` (by name) and take an outer step."""
+        for name, p in self.init_model.named_parameters():
+            p.grad = grads[name].to(p.dtype).clone()
+        self.outer_opt.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "init_model": self.init_model.state_dict(),
+            "outer_opt": self.outer_opt.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.init_model.load_state_dict(state["init_model"])
+        self.outer_opt.load_state_dict(state["outer_opt"])
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+class NoMetaLearning(InitLearner):
+    """``no``: every task adapts from the same fixed random initialisation."""
+
+    name = "no"
+    trains = False
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        raise RuntimeError("the 'no' baseline has no meta-training; call evaluate()")
+
+
+class Reptile(InitLearner):
+    """``reptile``: meta-gradient ``theta_0 - mean_tasks theta_K``."""
+
+    name = "reptile"
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        start = {n: p.detach().clone() for n, p in self.init_model.named_parameters()}
+        total = {n: torch.zeros_like(p) for n, p in start.items()}
+        results = []
+        for i in range(tasks.num_tasks):
+            results.append(self.adapt(tasks.task(i)))
+            for n, p in self.model.named_parameters():
+                total[n] += p.detach()
+        T = tasks.num_tasks
+        self._outer_step({n: start[n] - total[n] / T for n in start})
+        return TaskResults.cat(results)
+
+
+class FOMAML(InitLearner):
+    """``fomaml``: meta-gradient ``mean_tasks grad_theta L(theta_K; held-out drawings)``."""
+
+    name = "fomaml"
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        total = {n: torch.zeros_like(p) for n, p in self.init_model.named_parameters()}
+        results = []
+        for i in range(tasks.num_tasks):
+            task = tasks.task(i)
+            results.append(self.adapt(task))
+            xt, yt = task.test_set()
+            self.model.eval()
+            names, params = zip(*self.model.named_parameters(), strict=True)
+            loss = F.cross_entropy(self.model(xt[0]), yt[0])
+            grads = torch.autograd.grad(loss, params)
+            self.model.train()
+            for n, g in zip(names, grads, strict=True):
+                total[n] += g
+        self._outer_step({n: g / tasks.num_tasks for n, g in total.items()})
+        return TaskResults.cat(results)
+
+
+class Leap(InitLearner):
+    """``leap``: the core's simplified Leap gradient of the initialisation."""
+
+    name = "leap"
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        sums, displacements, results = [], [], []
+        for i in range(tasks.num_tasks):
+            self.init_task()
+            first = self._params()
+            prev = [first]
+            path = {n: torch.zeros_like(p) for n, p in first.items()}
+
+            def record(prev: list = prev, path: dict = path) -> None:
+                cur = self._params()
+                diff, norm = objectives.path_step(prev[0], cur)
+                for n, d in diff.items():
+                    path[n].add_(d, alpha=1.0 / norm)
+                prev[0] = cur
+
+            results.append(self.adapt(tasks.task(i), after_step=record))
+            sums.append(path)
+            displacements.append({n: first[n] - prev[0][n] for n in first})
+        self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
+        return TaskResults.cat(results)
+
+
+class MAML(InitLearner):
+    """``maml``: backpropagation through ``unroll`` inner SGD steps (``torch.func``).
+
+    The inner loop runs the network functionally on ``{name: tensor}`` parameters; each step is
+    ``theta <- theta - lr * grad`` with ``create_graph=True``, so the held-out loss after the
+    last step is differentiated back to the initialisation. During meta-training the first
+    ``unroll`` of the task's steps are unrolled (all of them when ``unroll`` is None);
+    evaluation always adapts for the task's full number of steps.
+    """
+
+    name = "maml"
+
+    def __init__(
+        self,
+        model: OmniConv,
+        inner: OptimConfig,
+        outer: OptimConfig,
+        seed: int = 0,
+        unroll: int | None = None,
+    ) -> None:
+        if inner.name != "sgd" or inner.momentum:
+            raise ValueError(
+                f"maml unrolls plain SGD only; got inner optimiser {inner.name!r} with momentum "
+                f"{inner.momentum}"
+            )
+        if unroll is not None and unroll < 1:
+            raise ValueError(f"unroll={unroll} must be >= 1 or None")
+        super().__init__(model, inner, outer, seed)
+        self.unroll = unroll
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        init = dict(self.init_model.named_parameters())
+        steps = tasks.steps if self.unroll is None else min(self.unroll, tasks.steps)
+        results = []
+        for i in range(tasks.num_tasks):
+            task = tasks.task(i)
+            self.model.reset_batch_norm()
+            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+            theta = dict(init)
+            losses, accs = [], []
+            self.model.train()
+            for k in range(steps):
+                x, y = task.train_batch(k)
+                logits = functional_call(self.model, {**theta, **buffers}, (x[0],))
+                loss = F.cross_entropy(logits, y[0])
+                grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+                theta = {
+                    n: t - self.inner.lr * g for (n, t), g in zip(theta.items(), grads, strict=True)
+                }
+                losses.append(loss.detach())
+                accs.append(_accuracy(logits.detach(), y[0]))
+            self.model.eval()
+            xt, yt = task.test_set()
+            logits = functional_call(self.model, {**theta, **buffers}, (xt[0],))
+            query = F.cross_entropy(logits, yt[0])
+            (query / tasks.num_tasks).backward()
+            self.model.train()
+            results.append(
+                TaskResults(
+                    torch.stack(losses).cpu()[None],
+                    torch.stack(accs).cpu()[None],
+                    query.detach().cpu()[None],
+                    _accuracy(logits.detach(), yt[0]).cpu()[None],
+                    task.task_ids.clone(),
+                )
+            )
+        self.outer_opt.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+        return TaskResults.cat(results)
+
+
+class MultiHeadFinetuning(MetaLearner):
+    """``ft``: pretrain a shared network with one head per meta-training alphabet.
+
+    Args:
+        num_heads: meta-training alphabets (heads are indexed by pool task id).
+    """
+
+    name = "ft"
+
+    def __init__(
+        self,
+        model: OmniConv,
+        inner: OptimConfig,
+        outer: OptimConfig,
+        seed: int = 0,
+        num_heads: int = 1,
+    ) -> None:
+        if model.warp_config is not None:
+            raise ValueError("ft finetunes the plain classifier; build it without warp layers")
+        super().__init__(model, inner, outer, seed)
+        self.backbone = copy.deepcopy(model)
+        self.heads = nn.ModuleList(
+            nn.Linear(model.num_filters, model.num_classes) for _ in range(num_heads)
+        ).to(self.device)
+        self.pretrain_opt = inner.make([*self.backbone.parameters(), *self.heads.parameters()])
+        self.head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+
+    def init_task(self) -> None:
+        self.model.load_state_dict(self.backbone.state_dict())
+        self.model.reset_batch_norm()
+        # a fresh head, the same for every evaluation task (nn.Linear's own initialisation)
+        g = torch.Generator().manual_seed(self.head_seed)
+        w = torch.empty_like(self.model.head.weight, device="cpu")
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+        bound = 1.0 / math.sqrt(w.shape[1])
+        b = torch.empty_like(self.model.head.bias, device="cpu")
+        b.uniform_(-bound, bound, generator=g)
+        with torch.no_grad():
+            self.model.head.weight.copy_(w)
+            self.model.head.bias.copy_(b)
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        T, K = tasks.num_tasks, tasks.steps
+        order = torch.randperm(T * K, generator=self.generator)
+        # each task's batches keep their own order; tasks interleave at random
+        slot = torch.empty(T * K, dtype=torch.long)
+        slot[order] = torch.arange(T * K)
+        task_of = torch.arange(T).repeat_interleave(K)[torch.argsort(slot)]
+        next_step = [0] * T
+        losses = torch.zeros(T, K)
+        accs = torch.zeros(T, K)
+        self.backbone.train()
+        for i in task_of.tolist():
+            k = next_step[i]
+            next_step[i] += 1
+            x, y = tasks.train_batch_of(i, k)
+            head = self.heads[int(tasks.task_ids[i])]
+            logits = head(self.backbone.features(x))
+            loss = F.cross_entropy(logits, y)
+            self.pretrain_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.pretrain_opt.step()
+            losses[i, k] = loss.detach().cpu()
+            accs[i, k] = _accuracy(logits.detach(), y).cpu()
+        test_loss, test_acc = torch.zeros(T), torch.zeros(T)
+        self.backbone.eval()
+        with torch.no_grad():
+            xt, yt = tasks.test_set()
+            for i in range(T):
+                logits = self.heads[int(tasks.task_ids[i])](self.backbone.features(xt[i]))
+                test_loss[i] = F.cross_entropy(logits, yt[i]).cpu()
+                test_acc[i] = _accuracy(logits, yt[i]).cpu()
+        self.backbone.train()
+        return TaskResults(losses, accs, test_loss, test_acc, tasks.task_ids.clone())
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "backbone": self.backbone.state_dict(),
+            "heads": self.heads.state_dict(),
+            "pretrain_opt": self.pretrain_opt.state_dict(),
+            "head_seed": self.head_seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.backbone.load_state_dict(state["backbone"])
+        self.heads.load_state_dict(state["heads"])
+        self.pretrain_opt.load_state_dict(state["pretrain_opt"])
+        self.head_seed = int(state["head_seed"])
+
+
+# --------------------------------------------------------------------------- WarpGrad
+
+
+class WarpLearner(MetaLearner):
+    """``warp_leap`` / ``warp``: the core's :class:`warp_rl.Warp` around the warped classifier.
+
+    Tasks adapt the conv blocks and the head (warp layers frozen) while the wrapper stores
+    their adaptation states in a :class:`warp_rl.ReplayBuffer`; after the meta-batch,
+    ``Warp.backward`` runs the core's :class:`warp_rl.DualUpdater`: WarpGrad's Algorithm 2
+    (or its first-order variant) over the stored states for the warp layers, one outer step per
+    ``meta_batch_size`` states, and, with ``learn_init``, one more step of the initialisation
+    with the Leap gradient.
+
+    Args:
+        learn_init: meta-learn the initialisation with Leap (``warp_leap``) or keep the
+            initial random one (``warp``).
+        objective: ``"algorithm2"`` or ``"first_order"``.
+        meta_batch_size: replayed states per outer step (1 as in the original code).
+        max_states: states kept per task (reservoir sampling beyond; None keeps all).
+        batching: ``"loop"``, ``"vmap"`` or ``"auto"`` evaluation of a meta-batch of states.
+        learn_step_size: also meta-learn one inner step size per adaptable tensor.
+    """
+
+    def __init__(
+        self,
+        model: OmniConv,
+        inner: OptimConfig,
+        outer: OptimConfig,
+        seed: int = 0,
+        learn_init: bool = True,
+        objective: str = "algorithm2",
+        meta_batch_size: int | None = 1,
+        max_states: int | None = None,
+        batching: str = "loop",
+        learn_step_size: bool = False,
+    ) -> None:
+        if model.warp_config is None:
+            raise ValueError("warp learners need a classifier with warp layers")
+        if learn_step_size and inner.name != "sgd":
+            raise ValueError("learned step sizes drive an SGD inner loop; use --inner-opt sgd")
+        super().__init__(model, inner, outer, seed)
+        self.name = "warp_leap" if learn_init else "warp"
+        updater = DualUpdater(
+            nn.CrossEntropyLoss(),
+            warp_objective=objective,
+            init_objective="leap" if learn_init else None,
+            meta_batch_size=meta_batch_size,
+            batching=batching,
+            seed=seed + 1,
+        )
+        buffer = ReplayBuffer(max_states_per_task=max_states, device=self.device, seed=seed + 2)
+        self.warp = Warp(
+            model,
+            model.adapt_modules(),
+            model.warp_modules(),
+            updater,
+            buffer,
+            step_size=inner.lr,
+            momentum=inner.momentum,
+            learn_step_size=learn_step_size,
+            learn_init=learn_init,
+        )
+        self.outer_opt = outer.make(self.warp.meta_parameters())
+        self.last_info = None
+
+    def init_task(self) -> None:
+        self.warp.init_adaptation()
+
+    def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
+        self.warp.init_adaptation()
+        if self.warp.collecting:
+            self.warp.register_task(task)
+        if self.inner.name == "sgd":
+            opt = self.warp.adapt_optimizer()  # the (learned) step sizes Algorithm 2 assumes
+        else:
+            opt = self.inner.make(self.warp.adapt_parameters())
+        return adapt_task(self.model, opt, task, after_step=after_step)
+
+    def evaluate(self, tasks: TaskBatch) -> TaskResults:
+        self.warp.no_collect()
+        return super().evaluate(tasks)
+
+    def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        self.warp.collect()
+        results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
+
+        def step_fn() -> None:
+            self.outer_opt.step()
+            self.outer_opt.zero_grad(set_to_none=True)
+
+        self.last_info = self.warp.backward(step_fn)
+        self.warp.no_collect()
+        return TaskResults.cat(results)
+
+    def state_dict(self) -> dict:
+        return {
+            "warp": self.warp.state_dict(),
+            "outer_opt": self.outer_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "updater_generator": self.warp.updater.generator.get_state(),
+            "buffer_generator": self.warp.buffer.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warp.load_state_dict(state["warp"])
+        self.outer_opt.load_state_dict(state["outer_opt"])
+        self.generator.set_state(state["generator"])
+        self.warp.updater.generator.set_state(state["updater_generator"])
+        self.warp.buffer.generator.set_state(state["buffer_generator"])
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def make_learner(
+    method: str,
+    inner: OptimConfig,
+    outer: OptimConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    num_pretrain: int = 1,
+    num_filters: int = 64,
+    warp: WarpConfig | None = None,
+    maml_unroll: int | None = None,
+    **warp_kwargs,
+) -> MetaLearner:
+    """Build the model (seeded with ``seed``) and the learner ``method`` (one of :data:`METHODS`).
+
+    ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`);
+    other methods use the plain classifier and refuse a ``warp`` configuration.
+    """
+    if method not in METHODS:
+        raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
+    torch.manual_seed(seed)
+    warped = method.startswith("warp")
+    if warp is not None and not warped:
+        raise ValueError(f"warp-layer options apply to warp_leap and warp, not {method!r}")
+    model = OmniConv(num_filters=num_filters, warp=(warp or WarpConfig()) if warped else None)
+    model = model.to(device)
+    if method == "no":
+        return NoMetaLearning(model, inner, outer, seed)
+    if method == "reptile":
+        return Reptile(model, inner, outer, seed)
+    if method == "fomaml":
+        return FOMAML(model, inner, outer, seed)
+    if method == "leap":
+        return Leap(model, inner, outer, seed)
+    if method == "maml":
+        return MAML(model, inner, outer, seed, unroll=maml_unroll)
+    if method == "ft":
+        return MultiHeadFinetuning(model, inner, outer, seed, num_heads=num_pretrain)
+    return WarpLearner(model, inner, outer, seed, learn_init=method == "warp_leap", **warp_kwargs)

@@ -1,0 +1,129 @@
+"""Figures and tables of Omniglot runs (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _col(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
+
+
+def plot_run(out: str | Path) -> Path:
+    """``curves.png`` of one run: held-out accuracy of meta-training tasks and validation
+    tasks against meta-steps, and the mean adaptation curve on the test tasks."""
+    out = Path(out)
+    train, val, curve = (_read_csv(out / n) for n in ("train.csv", "val.csv", "test_curve.csv"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax = axes[0]
+    if train:
+        ax.plot(_col(train, "step"), _col(train, "test_acc"), lw=0.8, alpha=0.6,
+                label="meta-train tasks (held-out)")
+    if val:
+        ax.plot(_col(val, "step"), _col(val, "test_acc"), marker="o", label="validation")
+    ax.set(xlabel="meta-step", ylabel="held-out accuracy", title="meta-training")
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    ax = axes[1]
+    if curve:
+        ax.plot(_col(curve, "step"), _col(curve, "train_acc"))
+    ax.set(xlabel="adaptation step", ylabel="training-batch accuracy",
+           title="adaptation on test alphabets")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def collect_runs(dirs: list[Path]) -> dict[str, list[dict]]:
+    """``{meta_model: [run summary, ...]}`` from folders holding ``test.json``."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for d in dirs:
+        path = d / "test.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        summary["dir"] = d
+        runs[summary["meta_model"]].append(summary)
+    return dict(runs)
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """Markdown table: per method, mean +- std over seeds of held-out accuracy and AUC."""
+    lines = [
+        "| method | seeds | meta-steps | test accuracy (%) | AUC accuracy (%) | one-shot (%) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    order = sorted(runs, key=lambda m: -_mean_std([r["test_acc"] for r in runs[m]])[0])
+    for method in order:
+        rs = runs[method]
+        acc = _mean_std([100 * r["test_acc"] for r in rs])
+        auc = _mean_std([100 * r["auc_acc"] for r in rs])
+        shots = [100 * r["one_shot"]["acc"] for r in rs if "one_shot" in r]
+        one = "" if not shots else "{:.1f} +- {:.1f}".format(*_mean_std(shots))
+        steps = sorted({r["meta_steps"] for r in rs})
+        lines.append(
+            f"| {method} | {len(rs)} | {'/'.join(map(str, steps))} | {acc[0]:.1f} +- {acc[1]:.1f}"
+            f" | {auc[0]:.1f} +- {auc[1]:.1f} | {one} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
+    """Validation accuracy against meta-steps and test adaptation curves, mean over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in sorted(runs):
+        rs = runs[method]
+        vals = [_read_csv(Path(r["dir"]) / "val.csv") for r in rs]
+        vals = [v for v in vals if v]
+        if vals:
+            n = min(len(v) for v in vals)
+            steps = _col(vals[0][:n], "step")
+            mean = [sum(_col(v[:n], "test_acc")[i] for v in vals) / len(vals) for i in range(n)]
+            axes[0].plot(steps, mean, marker="o", ms=3, label=method)
+        curves = [_read_csv(Path(r["dir"]) / "test_curve.csv") for r in rs]
+        curves = [c for c in curves if c]
+        if curves:
+            n = min(len(c) for c in curves)
+            mean = [sum(_col(c[:n], "train_acc")[i] for c in curves) / len(curves)
+                    for i in range(n)]
+            axes[1].plot(range(n), mean, label=method)
+    axes[0].set(xlabel="meta-step", ylabel="validation held-out accuracy",
+                title="meta-training (mean over seeds)")
+    axes[1].set(xlabel="adaptation step", ylabel="training-batch accuracy",
+                title="adaptation on the test alphabets")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,398 @@
+"""Meta-training and evaluation on Omniglot (the engine of ``scripts/train_omniglot.py``).
+
+A run writes into ``--out``:
+
+- ``config.json``: the settings; ``train.csv``: one row per meta-step (results on the
+  meta-batch's tasks, seconds); ``val.csv``: one row per validation;
+- ``checkpoint.pt``: everything needed to continue exactly (``--resume``), written atomically;
+- ``test.json`` / ``test_tasks.csv`` / ``test_curve.csv``: the final test on the 10 meta-test
+  alphabets (held-out accuracy, area under the adaptation curve, per task, per step);
+- ``oneshot.json`` with ``--one-shot``; ``curves.png``: validation and test curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from warp_rl.utils import atomic_save, atomic_write_text
+
+from .data import OmniglotDataError, default_data_root, load_omniglot
+from .meta_learners import METHODS, MetaLearner, OptimConfig, TaskResults, make_learner
+from .models import ACTIVATIONS, WarpConfig
+from .oneshot import identify_alphabets, read_runs, runs_pool
+from .tasks import TaskPool, TaskSampler, split_alphabets
+
+# settings that may change when a run is resumed (everything else must match)
+RESUMABLE = {
+    "meta_steps", "validate_every", "val_tasks", "eval_tasks", "device", "threads", "out",
+    "resume", "one_shot", "one_shot_path", "progress", "checkpoint_every", "data_root",
+    "cache_dir", "download", "test",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags, named after the paper's settings (defaults: the paper's)."""
+    p = argparse.ArgumentParser(
+        description="Meta-train a few-shot learner on Omniglot (WarpGrad/Leap protocol) and "
+        "test it on 10 held-out alphabets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("protocol")
+    g.add_argument("--meta-model", default="warp_leap", choices=METHODS)
+    g.add_argument("--num-pretrain", type=int, default=25, help="meta-training alphabets")
+    g.add_argument("--meta-steps", type=int, default=1000, help="meta-training steps")
+    g.add_argument("--task-steps", type=int, default=100, help="adaptation steps per task")
+    g.add_argument("--task-batch-size", type=int, default=20, help="images per adaptation step")
+    g.add_argument("--meta-batch-size", type=int, default=20, help="tasks per meta-step")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("optimisers")
+    g.add_argument("--inner-opt", default="sgd", choices=["sgd", "adam"])
+    g.add_argument("--inner-lr", type=float, default=0.1)
+    g.add_argument("--inner-momentum", type=float, default=0.0)
+    g.add_argument("--outer-opt", default="sgd", choices=["sgd", "adam"])
+    g.add_argument("--outer-lr", type=float, default=0.1)
+    g = p.add_argument_group("model and warp layers (warp_leap, warp)")
+    g.add_argument("--num-filters", type=int, default=64, help="channels of the conv blocks")
+    g.add_argument("--warp-layers", type=int, default=1, help="warp layers per block")
+    g.add_argument("--warp-filters", type=int, default=64, help="channels of inner warp layers")
+    g.add_argument("--warp-residual", action="store_true", help="residual warp layers")
+    g.add_argument("--warp-batch-norm", action="store_true", help="batch norm in warp layers")
+    g.add_argument("--warp-act", default="none", choices=sorted(ACTIVATIONS))
+    g.add_argument("--warp-final-head", action="store_true", help="warp the classifier head")
+    g.add_argument("--warp-objective", default="algorithm2", choices=["algorithm2", "first_order"])
+    g.add_argument(
+        "--warp-meta-batch-size", type=int, default=1,
+        help="replayed states per outer step (1: one step per state, as the paper's code)",
+    )
+    g.add_argument(
+        "--warp-max-states", type=int, default=None,
+        help="adaptation states kept per task (reservoir sample; default: all)",
+    )
+    g.add_argument(
+        "--warp-batching", default=None, choices=["loop", "vmap", "auto"],
+        help="evaluate a meta-batch of states one by one or with vmap "
+        "(default: loop on CPU, auto on CUDA)",
+    )
+    g.add_argument("--learn-step-size", action="store_true", help="meta-learn inner step sizes")
+    g.add_argument(
+        "--maml-unroll", type=int, default=None,
+        help="maml: inner steps unrolled during meta-training (default: --task-steps)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--data-root", default=None, help="Omniglot folder (default: "
+                   "$WARP_RL_OMNIGLOT or ../shared/data/omniglot)")
+    g.add_argument("--cache-dir", default=None, help="resized-image cache "
+                   "(default: $WARP_RL_CACHE/omniglot or ~/.cache/warp_rl/omniglot)")
+    g.add_argument("--download", action="store_true", help="fetch the official archives "
+                   "into --data-root if no data is there (verified by checksum)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--out", default=None, help="output folder (default runs/omniglot/"
+                   "<meta-model>-seed<seed>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    g.add_argument("--validate-every", type=int, default=20, help="meta-steps between "
+                   "validations (0: never)")
+    g.add_argument("--val-tasks", type=int, default=None, help="validation tasks (default: "
+                   "one per validation alphabet)")
+    g.add_argument("--eval-tasks", type=int, default=10, help="final test tasks (the 10 test "
+                   "alphabets in turn)")
+    g.add_argument("--checkpoint-every", type=int, default=1, help="meta-steps between "
+                   "checkpoints")
+    g.add_argument("--no-test", dest="test", action="store_false", help="skip the final test")
+    g.add_argument("--one-shot", action="store_true", help="also run the 20 official one-shot "
+                   "runs (all_runs.zip)")
+    g.add_argument("--one-shot-path", default=None, help="all_runs.zip or its folder (default: "
+                   "<data-root>/all_runs.zip)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks with messages that name the flag, the value and what is accepted."""
+    positive = ["meta_batch_size", "task_batch_size", "task_steps", "num_filters", "warp_layers",
+                "warp_filters", "warp_meta_batch_size", "eval_tasks", "checkpoint_every"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    for name in ["meta_steps", "validate_every"]:
+        if getattr(args, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 0")
+    for name in ["warp_max_states", "maml_unroll", "val_tasks", "threads"]:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={v}: must be >= 1 (or left out)")
+    for name in ["inner_lr", "outer_lr"]:
+        v = getattr(args, name)
+        if not (v > 0 and math.isfinite(v)):
+            raise SystemExit(f"--{name.replace('_', '-')}={v}: must be a positive number")
+    if not 0 <= args.inner_momentum < 1:
+        raise SystemExit(f"--inner-momentum={args.inner_momentum}: must be in [0, 1)")
+    if args.task_batch_size > 300:
+        raise SystemExit(f"--task-batch-size={args.task_batch_size}: a task has 300 "
+                         "adaptation images; must be <= 300")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else must be a usable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(
+            f"--device={name!r}: not a device; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device={name!r}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def derived_seed(seed: int, tag: str) -> int:
+    """A 62-bit seed for the stream ``tag`` of run ``seed`` (independent of the method)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{tag}".encode()).digest()[:8], "little") >> 2
+
+
+def eval_batch(pool: TaskPool, count: int, args: argparse.Namespace, tag: str):
+    """``count`` evaluation tasks (the pool's alphabets in turn), fixed for (seed, tag)."""
+    g = torch.Generator().manual_seed(derived_seed(args.seed, tag))
+    ids = torch.arange(count) % len(pool)
+    return pool.sample(ids, args.task_steps, args.task_batch_size, g)
+
+
+class CsvLog:
+    """A CSV file rewritten atomically on every append (small logs, crash-safe)."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields, self.rows = path, fields, []
+
+    def load(self, max_step: int) -> None:
+        """Keep the rows of an existing file up to ``max_step`` (for ``--resume``)."""
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= max_step]
+            self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append({k: row.get(k, "") for k in self.fields})
+        self._write()
+
+    def _write(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _row(step: int, res: TaskResults, **extra) -> dict:
+    s = res.summary()
+    return {"step": step, **{k: _fmt(v) for k, v in s.items()}, **extra}
+
+
+SUMMARY_FIELDS = ["test_acc", "test_acc_std", "test_loss", "auc_acc", "auc_loss",
+                  "final_train_acc"]
+
+
+def _config(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in sorted(vars(args).items())}
+
+
+def _warp_config(args: argparse.Namespace) -> WarpConfig | None:
+    if not args.meta_model.startswith("warp"):
+        return None
+    return WarpConfig(args.warp_layers, args.warp_filters, args.warp_residual,
+                      args.warp_batch_norm, args.warp_act, args.warp_final_head)
+
+
+def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner:
+    """The learner of ``args`` (model seeded with ``--seed``)."""
+    inner = OptimConfig(args.inner_opt, args.inner_lr, args.inner_momentum)
+    outer = OptimConfig(args.outer_opt, args.outer_lr)
+    warp_kwargs = {}
+    if args.meta_model.startswith("warp"):
+        batching = args.warp_batching or ("auto" if device.type == "cuda" else "loop")
+        warp_kwargs = dict(objective=args.warp_objective,
+                           meta_batch_size=args.warp_meta_batch_size,
+                           max_states=args.warp_max_states, batching=batching,
+                           learn_step_size=args.learn_step_size)
+    return make_learner(args.meta_model, inner, outer, seed=args.seed, device=device,
+                        num_pretrain=args.num_pretrain, num_filters=args.num_filters,
+                        warp=_warp_config(args), maml_unroll=args.maml_unroll, **warp_kwargs)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Meta-train, validate, test (and run the one-shot benchmark); returns the test summary."""
+    check_args(args)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not args.resume:
+        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
+                         "another --out")
+    if args.resume and not ckpt_path.exists():
+        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        data = load_omniglot(args.data_root, args.cache_dir, download=args.download)
+    except OmniglotDataError as e:
+        raise SystemExit(f"Omniglot data: {e}") from None
+    try:
+        split = split_alphabets(data.alphabets, data.num_characters, args.num_pretrain, args.seed)
+    except ValueError as e:
+        raise SystemExit(f"--num-pretrain: {e}") from None
+    train_pool = TaskPool(data, split.train, args.seed, device)
+    val_pool = TaskPool(data, split.val, args.seed, device)
+    test_pool = TaskPool(data, split.test, args.seed, device)
+
+    learner = build_learner(args, device)
+    generator = torch.Generator().manual_seed(derived_seed(args.seed, "meta-train"))
+    sampler = TaskSampler(len(train_pool))
+    fields = ["step", *SUMMARY_FIELDS]
+    train_log = CsvLog(out / "train.csv", [*fields, "seconds", "meta_loss"])
+    val_log = CsvLog(out / "val.csv", fields)
+    start = 0
+    config = _config(args)
+    if args.resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        diff = {k: (ckpt["config"].get(k), v) for k, v in config.items()
+                if k not in RESUMABLE and ckpt["config"].get(k) != v}
+        if diff:
+            raise SystemExit("--resume: settings differ from the checkpoint's "
+                             f"(checkpoint, now): {diff}")
+        learner.load_state_dict(ckpt["learner"])
+        generator.set_state(ckpt["generator"])
+        sampler.load_state_dict(ckpt["sampler"])
+        start = int(ckpt["step"])
+        train_log.load(start)
+        val_log.load(start)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps({
+        **config, "split": {"train": split.train, "val": split.val, "test": split.test},
+        "data_source": data.source}, indent=2))
+
+    val_tasks = eval_batch(val_pool, args.val_tasks or len(val_pool), args, "val")
+
+    def validate(step: int) -> dict:
+        res = learner.evaluate(val_tasks)
+        row = _row(step, res)
+        val_log.append(row)
+        return row
+
+    def save(step: int) -> None:
+        atomic_save({"step": step, "config": config, "learner": learner.state_dict(),
+                     "generator": generator.get_state(), "sampler": sampler.state_dict()},
+                    ckpt_path)
+
+    steps = args.meta_steps if learner.trains else 0
+    if args.validate_every and start == 0 and learner.trains:
+        validate(0)
+    bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps,
+               disable=not args.progress, desc=f"{args.meta_model} meta-steps", unit="step")
+    last_val = val_log.rows[-1]["test_acc"] if val_log.rows else ""
+    for step in bar:
+        t0 = time.perf_counter()
+        ids = sampler(args.meta_batch_size, generator)
+        tasks = train_pool.sample(ids, args.task_steps, args.task_batch_size, generator)
+        res = learner.meta_step(tasks)
+        seconds = time.perf_counter() - t0
+        info = getattr(learner, "last_info", None)
+        train_log.append(_row(step, res, seconds=_fmt(seconds),
+                              meta_loss=_fmt(info.meta_loss) if info else ""))
+        if args.validate_every and step % args.validate_every == 0:
+            last_val = validate(step)["test_acc"]
+        if step % args.checkpoint_every == 0 or step == steps:
+            save(step)
+        bar.set_postfix(train_acc=f"{res.test_acc.mean().item():.3f}", val_acc=last_val,
+                        s_per_step=f"{seconds:.1f}")
+    bar.close()
+    if not learner.trains or steps == start == 0:
+        save(start)
+
+    summary: dict = {"meta_model": args.meta_model, "seed": args.seed,
+                     "meta_steps": steps, "num_pretrain": args.num_pretrain}
+    if args.test:
+        test_tasks = eval_batch(test_pool, args.eval_tasks, args, "test")
+        res = learner.evaluate(test_tasks)
+        summary.update(res.summary())
+        summary["test_alphabets"] = list(split.test)
+        tasks_log = CsvLog(out / "test_tasks.csv",
+                           ["step", "alphabet", "test_acc", "test_loss", "auc_acc", "auc_loss"])
+        for i in range(len(res.test_acc)):
+            tasks_log.rows.append({
+                "step": steps, "alphabet": test_pool.names[int(res.task_ids[i])],
+                "test_acc": _fmt(res.test_acc[i].item()),
+                "test_loss": _fmt(res.test_loss[i].item()),
+                "auc_acc": _fmt(res.train_acc[i].mean().item()),
+                "auc_loss": _fmt(res.train_loss[i].mean().item())})
+        tasks_log._write()
+        curve = CsvLog(out / "test_curve.csv", ["step", "train_acc", "train_loss"])
+        curve.rows = [{"step": k, "train_acc": _fmt(a), "train_loss": _fmt(l)} for k, (a, l) in
+                      enumerate(zip(res.train_acc.mean(0).tolist(),
+                                    res.train_loss.mean(0).tolist(), strict=True))]
+        curve._write()
+    if args.one_shot:
+        summary["one_shot"] = one_shot(learner, args, data, split, device)
+    atomic_write_text(out / "test.json", json.dumps(summary, indent=2))
+    try:
+        from .plots import plot_run
+
+        plot_run(out)
+    except Exception as e:  # a plot must never lose a finished run's numbers
+        print(f"warning: plot failed: {e}", file=sys.stderr)
+    return summary
+
+
+def one_shot(learner: MetaLearner, args, data, split, device) -> dict:
+    """Adapt to each official one-shot run; mean accuracy and how many runs were unseen."""
+    path = Path(args.one_shot_path) if args.one_shot_path else (
+        Path(args.data_root) if args.data_root else default_data_root()) / "all_runs.zip"
+    try:
+        runs = read_runs(path)
+    except OmniglotDataError as e:
+        raise SystemExit(f"--one-shot: {e}") from None
+    pool = runs_pool(runs, device)
+    g = torch.Generator().manual_seed(derived_seed(args.seed, "one-shot"))
+    tasks = pool.sample(torch.arange(len(pool)), args.task_steps, len(runs[0].train), g,
+                        distort=True, distort_test=False)
+    res = learner.evaluate(tasks)
+    alphabets = identify_alphabets(runs, data)
+    seen = set(split.train)
+    per_run = []
+    for i, run in enumerate(runs):
+        names = sorted({a for a in alphabets[i] if a is not None})
+        per_run.append({"run": run.name, "acc": res.test_acc[i].item(), "alphabets": names,
+                        "meta_trained_on_alphabet": any(a in seen for a in names)})
+    unseen = [r["acc"] for r in per_run if not r["meta_trained_on_alphabet"]]
+    return {"acc": res.test_acc.mean().item(), "auc_acc": res.train_acc.mean().item(),
+            "acc_unseen_alphabets": sum(unseen) / len(unseen) if unseen else None,
+            "num_unseen_runs": len(unseen), "runs": per_run}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point: parse ``argv``, run, print the summary."""
+    args = build_parser().parse_args(argv)
+    summary = run(args)
+    keys = ["meta_model", "seed", "meta_steps", "test_acc", "test_acc_std", "auc_acc"]
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    if "one_shot" in summary:
+        o = summary["one_shot"]
+        print(json.dumps({"one_shot_acc": o["acc"], "unseen_runs": o["num_unseen_runs"],
+                          "one_shot_acc_unseen": o["acc_unseen_alphabets"]}))
+    return summary
