@@ -98,12 +98,12 @@ class Warp(nn.Module):
         self.init_buffers = nn.Module()
         for i, b in enumerate(self.partition.adapt_buffers()):
             self.init_buffers.register_buffer(str(i), b.detach().clone())
-        device = adapt[0].device
+        like = {"device": adapt[0].device, "dtype": adapt[0].dtype}
         self.step_size = nn.Parameter(
-            torch.full((n,), float(step_size), device=device), requires_grad=learn_step_size
+            torch.full((n,), float(step_size), **like), requires_grad=learn_step_size
         )
         self.momentum = nn.Parameter(
-            torch.full((n,), float(momentum), device=device), requires_grad=learn_momentum
+            torch.full((n,), float(momentum), **like), requires_grad=learn_momentum
         )
         self._collecting = False
         self._in_meta_update = False
@@ -170,11 +170,13 @@ class Warp(nn.Module):
         groups = [
             {"params": [p], "lr": float(a), "momentum": float(m)}
             for p, a, m in zip(
-                self.adapt_parameters(), self.step_size.tolist(), self.momentum.tolist(),
+                self.adapt_parameters(),
+                self.step_size.detach().tolist(),
+                self.momentum.detach().tolist(),
                 strict=True,
             )
         ]
-        opt = torch.optim.SGD(groups, lr=float(self.step_size[0]))
+        opt = torch.optim.SGD(groups, lr=groups[0]["lr"])
         self.register_optimizer(opt)
         return opt
 
