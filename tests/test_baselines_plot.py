@@ -1,0 +1,121 @@
+"""scripts/plot_maze.py on synthetic run folders whose statistics are known exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("_baselines_plot_maze",
+                                              ROOT / "scripts" / "plot_maze.py")
+plot_maze = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = plot_maze  # dataclasses look their module up there
+spec.loader.exec_module(plot_maze)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(folder: Path, reward: np.ndarray, seconds_per_episode: float,
+              agent: str | None = None, where: str = "config.json",
+              columns: tuple[str, str, str] = ("episode", "reward_mean", "wall_s")) -> None:
+    folder.mkdir(parents=True)
+    wall = seconds_per_episode * np.arange(1, len(reward) + 1)
+    lines = [",".join((*columns, "extra"))]
+    lines += [f"{i},{float(r)!r},{float(w)!r},0"
+              for i, (r, w) in enumerate(zip(reward, wall, strict=True))]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    if agent is not None and where == "config.json":
+        (folder / "config.json").write_text(json.dumps({"agent": agent, "seed": 0}))
+    elif agent is not None and where == "checkpoint.pt":  # the trainer's layout
+        torch.save({"config": {"agent": agent}}, folder / "checkpoint.pt")
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """'linear': seed s earns (episode + 10 s) / 10, 1000 episodes (+ s extra), 0.5 s each;
+    'flat': 3 seeds earning 20 + s, 600 episodes, agent in checkpoint.pt; 'nolabel': 1 seed."""
+    ep = np.arange(1000, dtype=np.float64)
+    for s in range(3):
+        write_run(tmp_path / "all" / f"linear_s{s}", np.append((ep + 10 * s) / 10, [0.0] * s),
+                  0.5, "linear")
+        write_run(tmp_path / "all" / f"flat_s{s}", np.full(600, 20.0 + s), 0.2 + 0.1 * s,
+                  "flat", where="checkpoint.pt")
+    write_run(tmp_path / "nolabel", np.full(50, 1.0), 1.0,
+              columns=("episode", "mean_reward", "wall_time"))
+    return tmp_path
+
+
+def test_smooth_is_a_trailing_mean():
+    x = np.array([1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(plot_maze.smooth(x, 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(plot_maze.smooth(x, 10), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="window must be >= 1; got 0"):
+        plot_maze.smooth(x, 0)
+
+
+def test_table_and_png(runs, tmp_path):
+    png = tmp_path / "out" / "cmp.png"
+    table = plot_maze.main([str(runs / "all"), str(runs / "nolabel"), "--label", "linear",
+                            "--label", "nolabel", "--smooth", "11", "--last", "100", "--out",
+                            str(png), "--table", str(tmp_path / "t.md")])
+    assert (tmp_path / "t.md").read_text() == table
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    import matplotlib.pyplot as plt
+
+    assert plt.imread(png).shape[2] in (3, 4)
+
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines()[2:]}
+    # --label "linear" applies to every run under all/, overriding config files and checkpoints.
+    assert set(rows) == {"linear", "nolabel"}
+
+
+def test_statistics(runs):
+    groups = plot_maze.group_runs(plot_maze.load_runs([runs / "all"]))
+    assert list(groups) == ["flat", "linear"]  # sorted folder order; agents from config/ckpt
+    lin = plot_maze.summarise(groups["linear"], window=11, last=101, thresholds=[50, 100])
+    assert lin.seeds == 3 and lin.episodes == 1000  # truncated to the shortest seed
+    # Mean of the last 101 of (e + 10 s) / 10, e = 899..999: 94.9 + s.
+    assert lin.final == pytest.approx(95.9)
+    assert (lin.final_min, lin.final_max) == (pytest.approx(94.9), pytest.approx(96.9))
+    # Trailing mean of 11 at episode e: (e - 5 + 10 s) / 10 >= T  <=>  e >= 10 T + 5 - 10 s.
+    assert lin.reach[50] == (495.0, 3)
+    assert lin.reach[100] == (995.0, 2)  # seed 0 never gets there: median of (inf, 995, 985)
+    assert lin.s_per_episode == pytest.approx(0.5)
+    flat = plot_maze.summarise(groups["flat"], window=11, last=101, thresholds=[50, 100])
+    assert flat.final == pytest.approx(21.0) and flat.reach[50] == (math.inf, 0)
+    assert flat.s_per_episode == pytest.approx(0.3)
+    table = plot_maze.markdown_table([lin, flat], last=101)
+    assert "final reward (last 101, median [range])" in table.splitlines()[0]
+    assert "| linear | 3 | 1000 | 95.9 [94.9, 96.9] | 495 | 995 (2/3 seeds) | 0.500 |" in table
+    assert "| flat | 3 | 600 | 21.0 [20.0, 22.0] | not reached | not reached | 0.300 |" in table
+
+
+def test_other_column_spellings_are_read(runs):
+    (run,) = plot_maze.load_runs([runs / "nolabel"], ["x"])
+    assert run.agent == "x" and len(run.reward) == 50 and run.wall_s[-1] == 50.0
+
+
+def test_errors_are_clear(runs, tmp_path):
+    with pytest.raises(SystemExit, match="pass --label"):
+        plot_maze.main([str(runs / "nolabel"), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match=r"no log\.csv in"):
+        (tmp_path / "empty").mkdir()
+        plot_maze.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="once per path \\(2\\); got 3"):
+        plot_maze.main([str(runs / "all"), str(runs / "nolabel"), "--label", "a",
+                        "--label", "b", "--label", "c"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "log.csv").write_text("episode,score\n0,1\n")
+    with pytest.raises(SystemExit, match="no column reward_mean or mean_reward or reward"):
+        plot_maze.main([str(bad), "--label", "b", "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
