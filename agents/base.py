@@ -18,6 +18,45 @@ State = tuple[torch.Tensor, ...]
 """Recurrent state: a tuple of tensors whose first dimension is the batch."""
 
 
+class Unroller(ABC):
+    """Runs an agent through one training episode, step by step, and returns the whole
+    episode's outputs in the autograd graph.
+
+    The trainer calls :meth:`step` once per time step (the returned logits are detached, for
+    sampling the action) and :meth:`outputs` once at the end; the loss is then differentiated
+    through ``outputs()`` to the agent's parameters.
+    """
+
+    @abstractmethod
+    def step(self, obs: torch.Tensor) -> torch.Tensor:
+        """Advance one step: obs ``(B, obs_dim)`` -> detached logits ``(B, num_actions)``."""
+
+    @abstractmethod
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (T, B, num_actions), values (T, B))`` of all steps so far, differentiable
+        with respect to the agent's parameters."""
+
+
+class AutogradUnroller(Unroller):
+    """The plain unroller: :meth:`RecurrentAgent.forward` per step with autograd recording."""
+
+    def __init__(self, agent: RecurrentAgent, batch_size: int,
+                 device: torch.device | str | None = None) -> None:
+        self.agent = agent
+        self.state = agent.initial_state(batch_size, device)
+        self.logits: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def step(self, obs: torch.Tensor) -> torch.Tensor:
+        logits, value, self.state = self.agent(obs, self.state)
+        self.logits.append(logits)
+        self.values.append(value)
+        return logits.detach()
+
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack(self.logits), torch.stack(self.values)
+
+
 class RecurrentAgent(nn.Module, ABC):
     """Base class of the maze agents.
 
@@ -61,6 +100,14 @@ class RecurrentAgent(nn.Module, ABC):
         that is not a warp module)."""
         warp = {id(m) for m in self.warp_modules()}
         return [m for m in self.children() if id(m) not in warp]
+
+    def unroller(self, batch_size: int, length: int,
+                 device: torch.device | str | None = None) -> Unroller:
+        """An :class:`Unroller` that runs one training episode of ``length`` steps from
+        :meth:`initial_state`. The default steps :meth:`forward` with autograd on; an agent may
+        return a faster one (e.g. a fused forward/backward through time), which must give the
+        same outputs and gradients."""
+        return AutogradUnroller(self, batch_size, device)
 
     # ----------------------------------------------------------------------------------------
     # Stable-Baselines3 convention

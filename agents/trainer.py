@@ -241,30 +241,29 @@ def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
 
 def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed: int,
                     generator: torch.Generator) -> Rollout:
-    """Run ``length`` steps of every maze from a fresh reset, keeping the autograd graph.
+    """Run ``length`` steps of every maze from a fresh reset, keeping what the loss needs.
 
-    Actions are sampled with the Gumbel-max trick, ``argmax(logits + g)`` with
-    ``g = -log(Exponential(1))`` drawn for the whole episode up front from ``generator``: an exact
-    sample of ``softmax(logits)`` without a distribution object or a device sync per step.
+    The agent is stepped through its :meth:`~agents.base.RecurrentAgent.unroller` (autograd per
+    step by default; the Warp-RNN's fused tape records activations and back-propagates through
+    time by hand). Actions are sampled with the Gumbel-max trick, ``argmax(logits + g)`` with
+    ``g = -log(Exponential(1))`` drawn for the whole episode up front from ``generator``: an
+    exact sample of ``softmax(logits)`` without a distribution object or a device sync per step.
     """
     device = generator.device
     batch = env.num_envs
     obs = env.reset(env_seed)
-    state = agent.initial_state(batch, device)
+    unroll = agent.unroller(batch, length, device)
     noise = torch.empty(length, batch, agent.num_actions, device=device)
     noise = noise.exponential_(generator=generator).log_().neg_()
     actions = torch.empty(length, batch, dtype=torch.long, device=device)
     rewards = torch.empty(length, batch, device=device)
-    logits_t, values_t = [], []
     for t in range(length):
-        logits, value, state = agent(obs, state)
-        action = torch.argmax(logits.detach() + noise[t], dim=-1)
-        obs, reward = env.step(action)
-        actions[t] = action
+        logits = unroll.step(obs)
+        torch.argmax(logits + noise[t], dim=-1, out=actions[t])
+        obs, reward = env.step(actions[t])
         rewards[t] = reward
-        logits_t.append(logits)
-        values_t.append(value)
-    return Rollout(torch.stack(logits_t), torch.stack(values_t), actions, rewards)
+    logits, values = unroll.outputs()
+    return Rollout(logits, values, actions, rewards)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -631,8 +630,7 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu"
     config = TrainConfig(**ckpt["config"])
     import envs
 
-    obs_dim = int(envs.WarpMazeEnv(size=config.maze_size).observation_space.shape[0])
-    agent = make_agent(config.agent, obs_dim=obs_dim, num_actions=NUM_ACTIONS,
+    agent = make_agent(config.agent, obs_dim=envs.obs_dim(), num_actions=NUM_ACTIONS,
                        hidden_size=config.hidden_size)
     agent.load_state_dict(ckpt["agent"])
     return agent.to(device).eval(), config

@@ -26,6 +26,15 @@ second, slow network:
 
 The split is declared once, by :meth:`WarpRNNAgent.warp_modules`, and turned into parameter
 lists by :func:`warp_rl.partition` (see :func:`agents.trainer.make_optimizers`).
+
+Training speed: :meth:`WarpRNNAgent.forward` is the readable definition (used for acting,
+evaluation and as the reference in the tests). For training, :meth:`WarpRNNAgent.unroller`
+returns a :class:`WarpRNNTape`, which runs the same equations without autograd, keeps the
+activations of every step in preallocated buffers and back-propagates through time by hand
+(:class:`_WarpRNNBackward`): the per-step work is only the recurrent part, and the weight
+gradients are computed once per episode as a few large matrix products over all ``T * B``
+(step, maze) pairs. Its outputs and gradients equal autograd's through :meth:`forward`
+(``tests/test_agent_warp_rnn.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import math
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, State
+from agents.base import AutogradUnroller, RecurrentAgent, State, Unroller
 
 NUM_GATES_H = 4  # g_h, g_i, g_hh, g_b: the four gates of width ``hidden_size``
 
@@ -106,6 +115,7 @@ class WarpRNNAgent(RecurrentAgent):
         self.gate_proj = nn.Linear(hidden_size, obs_dim + NUM_GATES_H * hidden_size, bias=False)
         # Cumulative split points of the projection output: [g_x | g_h | g_i | g_hh | g_b].
         self.gate_sizes: tuple[int, ...] = (obs_dim,) + (hidden_size,) * NUM_GATES_H
+        self.fused_unroll = True  # train with WarpRNNTape (False: autograd through forward)
 
     def warp_modules(self) -> list[nn.Module]:
         """The gating LSTM and its projection: the slow, meta-learned weights."""
@@ -117,9 +127,9 @@ class WarpRNNAgent(RecurrentAgent):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros: ``(h, lstm_h, lstm_c)``, each ``(batch_size, hidden_size)``."""
-        if device is None:
-            device = self.policy.weight.device
-        zeros = torch.zeros(3, batch_size, self.hidden_size, device=device)
+        weight = self.policy.weight
+        zeros = torch.zeros(3, batch_size, self.hidden_size, dtype=weight.dtype,
+                            device=weight.device if device is None else device)
         return (zeros[0], zeros[1], zeros[2])
 
     def gates(
@@ -145,3 +155,208 @@ class WarpRNNAgent(RecurrentAgent):
         (g_x, g_h, g_i, g_hh, g_b), (lstm_h, lstm_c) = self.gates(obs, state)
         h = self.cell(obs, state[0], g_x, g_h, g_i, g_hh, g_b)
         return self.policy(h), self.value(h).squeeze(-1), (h, lstm_h, lstm_c)
+
+    def unroller(self, batch_size: int, length: int,
+                 device: torch.device | str | None = None) -> Unroller:
+        """:class:`WarpRNNTape` (or the plain autograd unroller if ``fused_unroll`` is False)."""
+        if not self.fused_unroll:
+            return AutogradUnroller(self, batch_size, device)
+        return WarpRNNTape(self, batch_size, length, device)
+
+    def tape_parameters(self) -> tuple[nn.Parameter, ...]:
+        """The parameters in the order :class:`_WarpRNNBackward` returns their gradients."""
+        lstm = self.gate_lstm
+        return (self.cell.w_ih.weight, self.cell.w_hh.weight, self.cell.bias,
+                self.policy.weight, self.policy.bias, self.value.weight, self.value.bias,
+                lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh,
+                self.gate_proj.weight)
+
+
+class WarpRNNTape(Unroller):
+    """One training episode of a :class:`WarpRNNAgent`, forward step by step without autograd,
+    with a hand-written backward through time.
+
+    Every step writes its activations into buffers of shape ``(T, B, ...)``; ``zz[t]`` holds
+    ``[x_t, h_{t-1}, lstm_h_{t-1}]`` (the gating LSTM's input and recurrent state, so that its
+    two matrix products are one), and step ``t`` writes ``h_t`` and ``lstm_h_t`` straight into
+    ``zz[t + 1]``. The episode starts from the zero state, which receives no gradient.
+    The agent's parameters must not change between the first :meth:`step` and the backward pass
+    (checked).
+
+    ``tanh(y)`` of the two large pre-activations (the LSTM's cell candidate and the five gates)
+    is computed as ``2 sigmoid(2 y) - 1`` with the factor 2 folded into copies of the weights:
+    the same function, and about twice as fast as ``torch.tanh`` on CPU.
+
+    Args:
+        agent: the agent; its current weights are used.
+        batch_size: ``B``.
+        length: ``T``, the most steps this tape can record.
+        device: where the buffers live (default: the agent's).
+    """
+
+    def __init__(self, agent: WarpRNNAgent, batch_size: int, length: int,
+                 device: torch.device | str | None = None) -> None:
+        self.agent = agent
+        self.params = agent.tape_parameters()
+        self.versions = [p._version for p in self.params]
+        weight = agent.policy.weight
+        device = weight.device if device is None else torch.device(device)
+        D, H, A = agent.obs_dim, agent.hidden_size, agent.num_actions
+        self.D, self.H, self.A, self.B, self.T = D, H, A, batch_size, length
+        with torch.no_grad():
+            lstm = agent.gate_lstm
+            self.w_lstm = torch.cat((lstm.weight_ih, lstm.weight_hh), dim=1)  # (4H, D + 2H)
+            self.b_lstm = lstm.bias_ih + lstm.bias_hh  # (4H,)
+            self.w_proj = agent.gate_proj.weight.detach()  # (D + 4H, H)
+            self.w_ih = agent.cell.w_ih.weight.detach()  # (H, D)
+            self.w_hh = agent.cell.w_hh.weight.detach()  # (H, H)
+            self.bias = agent.cell.bias.detach()  # (H,)
+            self.w_heads = torch.cat((agent.policy.weight, agent.value.weight))  # (A + 1, H)
+            self.b_heads = torch.cat((agent.policy.bias, agent.value.bias))  # (A + 1,)
+            # Forward copies with the cell candidate's rows (i, f, g, o order) and the
+            # projection doubled, for tanh(y) = 2 sigmoid(2 y) - 1.
+            self.w_lstm2, self.b_lstm2 = self.w_lstm.clone(), self.b_lstm.clone()
+            self.w_lstm2[2 * H:3 * H] *= 2.0
+            self.b_lstm2[2 * H:3 * H] *= 2.0
+            self.w_proj2 = 2.0 * self.w_proj
+
+        def buf(*shape: int) -> torch.Tensor:
+            return torch.empty(*shape, device=device, dtype=weight.dtype)
+
+        T, B = length, batch_size
+        self.zz = buf(T + 1, B, D + 2 * H)
+        self.zz[0, :, D:] = 0.0
+        self.lc = buf(T + 1, B, H)  # gating LSTM cell state; lc[t + 1] after step t
+        self.lc[0] = 0.0
+        self.act = buf(T, B, 4 * H)  # LSTM gates after their nonlinearity: i, f, g, o
+        self.tc = buf(T, B, H)  # tanh(lc[t + 1])
+        self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
+        self.xa = buf(T, B, D)  # x * g_x
+        self.ha = buf(T, B, H)  # h_{t-1} * g_h
+        self.uw = buf(T, B, 2, H)  # [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
+        self.out = buf(T, B, A + 1)  # [logits | value]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor) -> torch.Tensor:
+        """One step of :meth:`WarpRNNAgent.forward`; returns logits ``(B, A)`` (a view of the
+        tape's buffer: read it before the next step, do not modify it)."""
+        t, D, H = self.t, self.D, self.H
+        if t >= self.T:
+            raise RuntimeError(f"this tape holds {self.T} steps; step {t} is one too many")
+        if obs.shape != (self.B, D):
+            raise ValueError(f"obs must have shape ({self.B}, {D}); got {tuple(obs.shape)}")
+        zz, nxt = self.zz[t], self.zz[t + 1]
+        zz[:, :D] = obs
+        x, h = zz[:, :D], zz[:, D:D + H]
+        # Gating LSTM over [x_t, h_{t-1}] with state (lstm_h, lstm_c).
+        a = torch.addmm(self.b_lstm2, zz, self.w_lstm2.T, out=self.act[t]).sigmoid_()
+        i, f, g, o = a.split(H, dim=1)
+        g.mul_(2.0).sub_(1.0)  # tanh of the cell candidate
+        c = torch.addcmul(f * self.lc[t], i, g, out=self.lc[t + 1])
+        lstm_h = torch.mul(o, torch.tanh(c, out=self.tc[t]), out=nxt[:, D + H:])
+        # The five gates, tanh(W_proj lstm_h).
+        gates = torch.mm(lstm_h, self.w_proj2.T, out=self.gates[t]).sigmoid_()
+        gates.mul_(2.0).sub_(1.0)
+        g_x, g_h, g_i, g_hh, g_b = gates.split(self.agent.gate_sizes, dim=1)
+        # The fast, gated RNN cell.
+        u = torch.mm(torch.mul(x, g_x, out=self.xa[t]), self.w_ih.T, out=self.uw[t, :, 0])
+        w = torch.mm(torch.mul(h, g_h, out=self.ha[t]), self.w_hh.T, out=self.uw[t, :, 1])
+        pre = (g_b * self.bias).addcmul_(u, g_i).addcmul_(w, g_hh)
+        h_new = torch.tanh(pre, out=nxt[:, D:D + H])
+        out = torch.addmm(self.b_heads, h_new, self.w_heads.T, out=self.out[t])
+        self.t = t + 1
+        return out[:, :self.A]
+
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (T, B, A), values (T, B))`` of the recorded steps, in the autograd graph."""
+        out = _WarpRNNBackward.apply(self, *self.params)
+        return out[..., :self.A], out[..., self.A]
+
+    @torch.no_grad()
+    def backward(self, d_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Back-propagate ``d_out = dL/d[logits | value]`` ``(T, B, A + 1)`` through time;
+        returns the gradients of :meth:`WarpRNNAgent.tape_parameters`, in that order."""
+        if [p._version for p in self.params] != self.versions:
+            raise RuntimeError("the agent's parameters changed between the rollout and the "
+                               "backward pass; the recorded episode no longer matches them")
+        T, B, D, H, A = self.t, self.B, self.D, self.H, self.A
+        d_out = d_out.contiguous()
+        new = self.zz.new_empty
+        d_act = new(T, B, 4 * H)  # dL/d(LSTM gate pre-activations)
+        d_gates = new(T, B, D + 4 * H)  # dL/d(projection pre-activations)
+        d_pre = new(T, B, H)  # dL/d(fast cell pre-activation)
+        d_uw = new(T, B, 2, H)  # dL/d[u | w]
+        # Derivatives of the LSTM gate nonlinearities, all steps at once:
+        # sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - g^2 for the cell candidate.
+        act = self.act[:T]
+        slope = act - act * act
+        g_all = act[..., 2 * H:3 * H]
+        slope[..., 2 * H:3 * H] = 1.0 - g_all * g_all
+        d_h = self.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
+        d_lh = self.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
+        d_lc = self.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
+        w_state = self.w_lstm[:, D:]  # (4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
+        iw = slice(D + H, D + 3 * H)  # g_i and g_hh, adjacent in the gates
+        for t in reversed(range(T)):
+            x, h_prev = self.zz[t, :, :D], self.zz[t, :, D:D + H]
+            h = self.zz[t + 1, :, D:D + H]
+            gates = self.gates[t]
+            g_h = gates[:, D:D + H]
+            # Heads, then h_t = tanh(pre): dL/dpre = dL/dh (1 - h^2).
+            d_h = torch.addmm(d_h, d_out[t], self.w_heads)
+            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=d_pre[t])
+            # pre = u * g_i + w * g_hh + b * g_b, u = W_ih (x * g_x), w = W_hh (h_{t-1} * g_h)
+            duw = torch.mul(dp.unsqueeze(1), gates[:, iw].view(B, 2, H), out=d_uw[t])
+            dg = d_gates[t]
+            torch.mul(dp.unsqueeze(1), self.uw[t], out=dg[:, iw].view(B, 2, H))
+            torch.mul(dp, self.bias, out=dg[:, D + 3 * H:])
+            torch.mul(torch.mm(duw[:, 0], self.w_ih), x, out=dg[:, :D])
+            d_ha = torch.mm(duw[:, 1], self.w_hh)
+            torch.mul(d_ha, h_prev, out=dg[:, D:D + H])
+            # gates = tanh(W_proj lstm_h)
+            dg.addcmul_(dg * gates, gates, value=-1.0)
+            d_lh = torch.addmm(d_lh, dg, self.w_proj)
+            # Gating LSTM: c = f * c_prev + i * g, lstm_h = o * tanh(c).
+            i, f, g, o = self.act[t].split(H, dim=1)
+            tc = self.tc[t]
+            k = d_lh * o
+            d_c = torch.addcmul(d_lc + k, k * tc, tc, value=-1.0)
+            di, df, dgg, do = d_act[t].split(H, dim=1)
+            torch.mul(d_c, g, out=di)
+            torch.mul(d_c, self.lc[t], out=df)
+            torch.mul(d_c, i, out=dgg)
+            torch.mul(d_lh, tc, out=do)
+            d_act[t].mul_(slope[t])
+            d_lc = d_c * f
+            d_state = torch.mm(d_act[t], w_state)  # (B, 2H)
+            d_lh = d_state[:, H:]
+            d_h = torch.addcmul(d_state[:, :H], d_ha, g_h)
+        # Weight gradients: one product over all T * B (step, maze) pairs per weight.
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(T * B, x.shape[-1])
+
+        d_out = flat(d_out)
+        g_heads = d_out.T @ flat(self.zz[1:T + 1, :, D:D + H])  # (A + 1, H)
+        gb_heads = d_out.sum(0)
+        g_w_ih = flat(d_uw[:, :, 0]).T @ flat(self.xa[:T])
+        g_w_hh = flat(d_uw[:, :, 1]).T @ flat(self.ha[:T])
+        g_bias = (flat(d_pre) * flat(self.gates[:T, :, D + 3 * H:])).sum(0)
+        g_proj = flat(d_gates).T @ flat(self.zz[1:T + 1, :, D + H:])
+        g_lstm = flat(d_act).T @ flat(self.zz[:T])  # (4H, D + 2H)
+        gb_lstm = flat(d_act).sum(0)
+        return (g_w_ih, g_w_hh, g_bias, g_heads[:A], gb_heads[:A], g_heads[A:], gb_heads[A:],
+                g_lstm[:, :D + H], g_lstm[:, D + H:], gb_lstm, gb_lstm.clone(), g_proj)
+
+
+class _WarpRNNBackward(torch.autograd.Function):
+    """Connects a :class:`WarpRNNTape`'s recorded outputs to the agent's parameters."""
+
+    @staticmethod
+    def forward(ctx, tape: WarpRNNTape, *params: torch.Tensor) -> torch.Tensor:
+        ctx.tape = tape
+        return tape.out[:tape.t]
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *ctx.tape.backward(d_out))
