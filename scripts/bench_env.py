@@ -148,14 +148,16 @@ def make_vector(n: int, actions: np.ndarray) -> Step:
     return lambda i: vec.step(actions[i % len(actions), :n])
 
 
-def make_torch(n: int, actions: np.ndarray) -> Step:
-    batch = envs.TorchMazeBatch(n)
+def make_torch(n: int, actions: np.ndarray, device: str) -> Step:
+    batch = envs.TorchMazeBatch(n, device=device, validate_actions=False)
     batch.reset(seed=0)
-    acts = torch.as_tensor(actions[:, :n])
+    acts = torch.as_tensor(actions[:, :n], device=device)
 
     def step(i: int) -> None:
         if batch.step(acts[i % len(acts)])[2]:
             batch.reset()
+        if device != "cpu" and i % 64 == 63:
+            torch.cuda.synchronize()  # keep the launch queue honest
 
     return step
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sync-sizes", type=int, nargs="+", default=[30],
                         help="N for SyncVectorEnv")
     parser.add_argument("--no-torch", action="store_true", help="skip TorchMazeBatch")
+    parser.add_argument("--torch-devices", nargs="+", default=["cpu"],
+                        help="devices for TorchMazeBatch rows, e.g. cpu cuda")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or min(args.sizes + args.sync_sizes) < 1:
         parser.error("--seconds must be > 0, --rounds >= 1 and every size >= 1")
@@ -198,15 +202,19 @@ def main(argv: list[str] | None = None) -> None:
     benches += [("SyncVectorEnv", n, make_sync(n, actions)) for n in args.sync_sizes]
     benches += [("WarpMazeVectorEnv", n, make_vector(n, actions)) for n in args.sizes]
     if not args.no_torch:
-        benches += [("TorchMazeBatch (cpu)", n, make_torch(n, actions)) for n in args.sizes]
+        benches += [(f"TorchMazeBatch ({dev})", n, make_torch(n, actions, dev))
+                    for dev in args.torch_devices for n in args.sizes]
     benches += [("loop baseline", n, make_loop(n, actions)) for n in loop_sizes]
 
     # rounds interleave every row, and each row keeps its best round: on a busy machine this
     # compares the implementations under similar load
     best = [0.0] * len(benches)
     for _ in range(args.rounds):
-        for k, (_, n, step) in enumerate(benches):
-            best[k] = max(best[k], timed(step, n, args.seconds))
+        for k, (name, n, step) in enumerate(benches):
+            rate = timed(step, n, args.seconds)
+            if "cuda" in name:
+                torch.cuda.synchronize()
+            best[k] = max(best[k], rate)
     loop = {n: rate for (name, n, _), rate in zip(benches, best, strict=True)
             if name == "loop baseline"}
 

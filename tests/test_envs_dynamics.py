@@ -328,3 +328,33 @@ def test_torch_random_policy_agrees_with_the_exact_value():
     exact = exact_random_policy_return(grid_walls(13), (6, 6), 200, 10.0)
     se = total.std().item() / math.sqrt(B)
     assert abs(total.mean().item() - exact) < 4 * se, (total.mean().item(), exact, se)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("layout", ["grid", "random"])
+def test_torch_batch_on_cuda_equals_the_vector_env(layout):
+    N, T = 256, 50
+    vec = envs.WarpMazeVectorEnv(N, layout=layout, episode_length=T, wall_penalty=0.5)
+    vec.reset(seed=0)
+    batch = envs.TorchMazeBatch(N, layout=layout, episode_length=T, wall_penalty=0.5,
+                                device="cuda")
+    obs = batch.reset(seed=0)
+    assert obs.device.type == "cuda"
+    rng = np.random.default_rng(1)
+    agents = next_to(vec.walls, vec.goal_cells, rng)
+    batch.set_state(walls=vec.walls, agent=agents, goal=vec.goal_cells)
+    vec.set_state(agent=agents)
+    uniforms = rng.random((T, N))
+    inject(vec, Stream(uniforms))
+    stream = Stream(uniforms)
+    batch._uniform = lambda n: torch.as_tensor(stream.take(n), device="cuda")
+    for a in rng.integers(0, 4, (T, N)):
+        o_v, r_v, *_ = vec.step(a)
+        o_t, r_t, _ = batch.step(torch.as_tensor(a, device="cuda"))
+        np.testing.assert_array_equal(o_v, o_t.cpu().numpy())
+        np.testing.assert_array_equal(r_v.astype(np.float32), r_t.cpu().numpy())
+    # and a seeded reset draws goals on the GPU that obey the rules
+    batch.reset(seed=3)
+    walls = batch.walls.cpu().numpy()
+    goals = batch.goal_cells.cpu().numpy()
+    assert not walls[np.arange(N), goals[:, 0], goals[:, 1]].any()
