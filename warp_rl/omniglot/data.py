@@ -12,9 +12,10 @@ Three sources give the same :class:`OmniglotImages` (every character's 20 drawin
   against their published MD5 checksums before they are read.
 
 Resampling: each 105x105 one-bit drawing becomes a float image with ink = 1 and paper = 0, is
-shrunk to 28x28 with PIL's BOX filter (the exact area average of the source pixels under each
-output pixel) and is stored as uint8 (``round(255 * ink fraction)``). Ink-as-1 makes the zero
-padding of the later affine distortion blank paper. The result is cached once per source in an
+shrunk to 28x28 with PIL's BOX filter (each output pixel is the mean of the source pixels whose
+centres fall inside its 3.75 x 3.75 footprint) and is stored as uint8
+(``round(255 * ink fraction)``). Ink-as-1 makes the zero padding of the later affine distortion
+blank paper. The result is cached once per source in an
 ``.npz`` under ``~/.cache/warp_rl/omniglot`` (or ``--cache-dir`` / ``$WARP_RL_CACHE``), keyed by
 the SHA-256 of the source files, so a changed source is never served from a stale cache.
 """
@@ -271,7 +272,8 @@ def download_official(
 
 
 def resize_ink(ink: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Resize ink masks with PIL's BOX (area-average) filter.
+    """Resize ink masks with PIL's BOX filter (mean of the source pixels under each output
+    pixel's footprint; a pixel counts when its centre is inside).
 
     Args:
         ink: bool or float ``(..., H, W)``, ink = 1.
@@ -591,6 +593,12 @@ def load_omniglot(
         raw = read_npz_pair(root)
     else:
         raws = [read_folder(p) for p in paths]
+        names = [n for r in raws for n in r.alphabets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise OmniglotDataError(
+                f"alphabets {twice} appear in more than one of {[str(p) for p in paths]}"
+            )
         raw = _Raw(
             np.concatenate([r.ink for r in raws]),
             [n for r in raws for n in r.alphabets],
