@@ -224,7 +224,7 @@ class WarpRNNTape(Unroller):
             return torch.empty(*shape, device=device, dtype=weight.dtype)
 
         T, B = length, batch_size
-        self.zz = buf(T + 1, B, D + 2 * H)
+        self.zz = buf(T + 1, B, D + 2 * H)  # [x_t | h_{t-1} | lstm_h_{t-1}] at row t
         self.zz[0, :, D:] = 0.0
         self.lc = buf(T + 1, B, H)  # gating LSTM cell state; lc[t + 1] after step t
         self.lc[0] = 0.0
@@ -233,40 +233,51 @@ class WarpRNNTape(Unroller):
         self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
         self.xa = buf(T, B, D)  # x * g_x
         self.ha = buf(T, B, H)  # h_{t-1} * g_h
-        self.uw = buf(T, B, 2, H)  # [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
+        self.uw = buf(T, B, 2, H)  # [u | w] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
         self.out = buf(T, B, A + 1)  # [logits | value]
+        # Per-step views, made once (indexing a tensor costs more than the small ops here).
+        self.v_zz = self.zz.unbind(0)
+        self.v_x, self.v_h, self.v_lh = (c.unbind(0) for c in self.zz.split((D, H, H), dim=2))
+        self.v_lc, self.v_tc = self.lc.unbind(0), self.tc.unbind(0)
+        self.v_act = self.act.unbind(0)
+        self.v_i, self.v_f, self.v_g, self.v_o = (c.unbind(0) for c in self.act.split(H, dim=2))
+        self.v_gates = self.gates.unbind(0)
+        self.v_gx, self.v_gh, self.v_gi, self.v_ghh, self.v_gb = (
+            c.unbind(0) for c in self.gates.split(agent.gate_sizes, dim=2))
+        self.v_giw = self.gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+        self.v_xa, self.v_ha, self.v_uw = self.xa.unbind(0), self.ha.unbind(0), self.uw.unbind(0)
+        self.v_u, self.v_w = self.uw[:, :, 0].unbind(0), self.uw[:, :, 1].unbind(0)
+        self.v_out = self.out.unbind(0)
+        self.v_logits = self.out[:, :, :A].unbind(0)
         self.t = 0
 
     @torch.no_grad()
     def step(self, obs: torch.Tensor) -> torch.Tensor:
         """One step of :meth:`WarpRNNAgent.forward`; returns logits ``(B, A)`` (a view of the
         tape's buffer: read it before the next step, do not modify it)."""
-        t, D, H = self.t, self.D, self.H
+        t = self.t
         if t >= self.T:
             raise RuntimeError(f"this tape holds {self.T} steps; step {t} is one too many")
-        if obs.shape != (self.B, D):
-            raise ValueError(f"obs must have shape ({self.B}, {D}); got {tuple(obs.shape)}")
-        zz, nxt = self.zz[t], self.zz[t + 1]
-        zz[:, :D] = obs
-        x, h = zz[:, :D], zz[:, D:D + H]
+        if obs.shape != (self.B, self.D):
+            raise ValueError(f"obs must have shape ({self.B}, {self.D}); got {tuple(obs.shape)}")
+        x, h = self.v_x[t], self.v_h[t]
+        x.copy_(obs)
         # Gating LSTM over [x_t, h_{t-1}] with state (lstm_h, lstm_c).
-        a = torch.addmm(self.b_lstm2, zz, self.w_lstm2.T, out=self.act[t]).sigmoid_()
-        i, f, g, o = a.split(H, dim=1)
-        g.mul_(2.0).sub_(1.0)  # tanh of the cell candidate
-        c = torch.addcmul(f * self.lc[t], i, g, out=self.lc[t + 1])
-        lstm_h = torch.mul(o, torch.tanh(c, out=self.tc[t]), out=nxt[:, D + H:])
+        torch.addmm(self.b_lstm2, self.v_zz[t], self.w_lstm2.T, out=self.v_act[t]).sigmoid_()
+        g = self.v_g[t].mul_(2.0).sub_(1.0)  # tanh of the cell candidate
+        c = torch.addcmul(self.v_f[t] * self.v_lc[t], self.v_i[t], g, out=self.v_lc[t + 1])
+        torch.tanh(c, out=self.v_tc[t])
+        lstm_h = torch.mul(self.v_o[t], self.v_tc[t], out=self.v_lh[t + 1])
         # The five gates, tanh(W_proj lstm_h).
-        gates = torch.mm(lstm_h, self.w_proj2.T, out=self.gates[t]).sigmoid_()
-        gates.mul_(2.0).sub_(1.0)
-        g_x, g_h, g_i, g_hh, g_b = gates.split(self.agent.gate_sizes, dim=1)
+        torch.mm(lstm_h, self.w_proj2.T, out=self.v_gates[t]).sigmoid_().mul_(2.0).sub_(1.0)
         # The fast, gated RNN cell.
-        u = torch.mm(torch.mul(x, g_x, out=self.xa[t]), self.w_ih.T, out=self.uw[t, :, 0])
-        w = torch.mm(torch.mul(h, g_h, out=self.ha[t]), self.w_hh.T, out=self.uw[t, :, 1])
-        pre = (g_b * self.bias).addcmul_(u, g_i).addcmul_(w, g_hh)
-        h_new = torch.tanh(pre, out=nxt[:, D:D + H])
-        out = torch.addmm(self.b_heads, h_new, self.w_heads.T, out=self.out[t])
+        u = torch.mm(torch.mul(x, self.v_gx[t], out=self.v_xa[t]), self.w_ih.T, out=self.v_u[t])
+        w = torch.mm(torch.mul(h, self.v_gh[t], out=self.v_ha[t]), self.w_hh.T, out=self.v_w[t])
+        pre = (self.v_gb[t] * self.bias).addcmul_(u, self.v_gi[t]).addcmul_(w, self.v_ghh[t])
+        h_new = torch.tanh(pre, out=self.v_h[t + 1])
+        torch.addmm(self.b_heads, h_new, self.w_heads.T, out=self.v_out[t])
         self.t = t + 1
-        return out[:, :self.A]
+        return self.v_logits[t]
 
     def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (T, B, A), values (T, B))`` of the recorded steps, in the autograd graph."""
@@ -293,45 +304,49 @@ class WarpRNNTape(Unroller):
         slope = act - act * act
         g_all = act[..., 2 * H:3 * H]
         slope[..., 2 * H:3 * H] = 1.0 - g_all * g_all
+        # Per-step views of the gradient buffers.
+        v_dout, v_dact, v_slope = d_out.unbind(0), d_act.unbind(0), slope.unbind(0)
+        v_di, v_df, v_dg, v_do = (c.unbind(0) for c in d_act.split(H, dim=2))
+        v_dgates, v_dpre = d_gates.unbind(0), d_pre.unbind(0)
+        v_dgx, v_dgh, _, _, v_dgb = (c.unbind(0) for c in d_gates.split(self.agent.gate_sizes, 2))
+        v_dgiw = d_gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+        v_duw = d_uw.unbind(0)
+        v_du, v_dw = d_uw[:, :, 0].unbind(0), d_uw[:, :, 1].unbind(0)
+
         d_h = self.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
         d_lh = self.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
         d_lc = self.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
         w_state = self.w_lstm[:, D:]  # (4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
-        iw = slice(D + H, D + 3 * H)  # g_i and g_hh, adjacent in the gates
         for t in reversed(range(T)):
-            x, h_prev = self.zz[t, :, :D], self.zz[t, :, D:D + H]
-            h = self.zz[t + 1, :, D:D + H]
-            gates = self.gates[t]
-            g_h = gates[:, D:D + H]
+            h, gates = self.v_h[t + 1], self.v_gates[t]
             # Heads, then h_t = tanh(pre): dL/dpre = dL/dh (1 - h^2).
-            d_h = torch.addmm(d_h, d_out[t], self.w_heads)
-            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=d_pre[t])
+            d_h = torch.addmm(d_h, v_dout[t], self.w_heads)
+            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=v_dpre[t])
             # pre = u * g_i + w * g_hh + b * g_b, u = W_ih (x * g_x), w = W_hh (h_{t-1} * g_h)
-            duw = torch.mul(dp.unsqueeze(1), gates[:, iw].view(B, 2, H), out=d_uw[t])
-            dg = d_gates[t]
-            torch.mul(dp.unsqueeze(1), self.uw[t], out=dg[:, iw].view(B, 2, H))
-            torch.mul(dp, self.bias, out=dg[:, D + 3 * H:])
-            torch.mul(torch.mm(duw[:, 0], self.w_ih), x, out=dg[:, :D])
-            d_ha = torch.mm(duw[:, 1], self.w_hh)
-            torch.mul(d_ha, h_prev, out=dg[:, D:D + H])
+            dp2 = dp.unsqueeze(1)
+            torch.mul(dp2, self.v_giw[t], out=v_duw[t])
+            torch.mul(dp2, self.v_uw[t], out=v_dgiw[t])
+            torch.mul(dp, self.bias, out=v_dgb[t])
+            torch.mul(torch.mm(v_du[t], self.w_ih), self.v_x[t], out=v_dgx[t])
+            d_ha = torch.mm(v_dw[t], self.w_hh)
+            torch.mul(d_ha, self.v_h[t], out=v_dgh[t])
             # gates = tanh(W_proj lstm_h)
+            dg = v_dgates[t]
             dg.addcmul_(dg * gates, gates, value=-1.0)
             d_lh = torch.addmm(d_lh, dg, self.w_proj)
             # Gating LSTM: c = f * c_prev + i * g, lstm_h = o * tanh(c).
-            i, f, g, o = self.act[t].split(H, dim=1)
-            tc = self.tc[t]
-            k = d_lh * o
+            tc = self.v_tc[t]
+            k = d_lh * self.v_o[t]
             d_c = torch.addcmul(d_lc + k, k * tc, tc, value=-1.0)
-            di, df, dgg, do = d_act[t].split(H, dim=1)
-            torch.mul(d_c, g, out=di)
-            torch.mul(d_c, self.lc[t], out=df)
-            torch.mul(d_c, i, out=dgg)
-            torch.mul(d_lh, tc, out=do)
-            d_act[t].mul_(slope[t])
-            d_lc = d_c * f
-            d_state = torch.mm(d_act[t], w_state)  # (B, 2H)
+            torch.mul(d_c, self.v_g[t], out=v_di[t])
+            torch.mul(d_c, self.v_lc[t], out=v_df[t])
+            torch.mul(d_c, self.v_i[t], out=v_dg[t])
+            torch.mul(d_lh, tc, out=v_do[t])
+            v_dact[t].mul_(v_slope[t])
+            d_lc = d_c * self.v_f[t]
+            d_state = torch.mm(v_dact[t], w_state)  # (B, 2H)
             d_lh = d_state[:, H:]
-            d_h = torch.addcmul(d_state[:, :H], d_ha, g_h)
+            d_h = torch.addcmul(d_state[:, :H], d_ha, self.v_gh[t])
         # Weight gradients: one product over all T * B (step, maze) pairs per weight.
         def flat(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(T * B, x.shape[-1])

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.trainer import TrainConfig, Trainer  # noqa: E402
-from agents.warp_rnn import WarpRNNAgent  # noqa: E402
+from agents.trainer import TrainConfig, Trainer
+from agents.warp_rnn import WarpRNNAgent
 
 
 # ------------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ class OriginalStyleMazes:
                 lab[row, col] = 1
         lab[size // 2, size // 2] = 0
         self.lab = lab
-        self.rng = np.random.RandomState(seed)  # noqa: NPY002 (as the original did)
+        self.rng = np.random.RandomState(seed)
 
     def reset(self) -> None:
         b, c = self.batch_size, self.size // 2

@@ -1,0 +1,154 @@
+"""Train a maze agent (Warp-RNN by default) with A2C and the paper's warp schedule.
+
+    python scripts/train_maze.py                       # quick run: learns in a few CPU minutes
+    python scripts/train_maze.py --paper               # the paper's configuration
+    python scripts/train_maze.py --paper --agent lstm --seed 1 --out runs/lstm1
+    python scripts/train_maze.py --paper --out runs/lstm1 --resume --episodes 20000
+
+Writes to --out: log.csv (one row per episode), checkpoint.pt (every --checkpoint-every episodes
+and at the end; atomic), config.json, learning_curve.png (at the end).
+--resume continues the run in --out exactly where its checkpoint left off; only --episodes,
+--checkpoint-every, --threads and --device may differ from the original run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents import AGENTS
+from agents.trainer import (
+    CHECKPOINT_NAME,
+    CURVE_NAME,
+    LOG_NAME,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    random_play_reward,
+    read_log,
+    save_learning_curve,
+)
+from warp_rl.utils import atomic_write_text
+
+# The paper's configuration (REFERENCE.md): every number can still be overridden by a flag.
+PAPER = dict(episodes=10_000, batch_size=30, hidden_size=100, lr=1e-3, warp_lr=1e-3,
+             meta_interval=30, warmup_episodes=100, maze_size=13, episode_length=200,
+             checkpoint_every=500)
+# The default quick run: a smaller maze, shorter episodes and a smaller network, so that the
+# reward visibly rises above random play within a few minutes on a laptop CPU.
+QUICK = dict(episodes=600, batch_size=30, hidden_size=64, lr=3e-3, warp_lr=3e-3,
+             meta_interval=10, warmup_episodes=20, maze_size=9, episode_length=100,
+             checkpoint_every=100)
+
+CONFIG_FLAGS = ("agent", "seed", "episodes", "batch_size", "hidden_size", "lr", "warp_lr",
+                "meta_interval", "warmup_episodes", "maze_size", "episode_length", "device",
+                "checkpoint_every", "threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train a maze agent with A2C (WarpGrad's maze experiment).",
+        epilog="Without --paper the defaults are the quick run: " + ", ".join(
+            f"{k}={v}" for k, v in QUICK.items()) + ". With --paper: " + ", ".join(
+            f"{k}={v}" for k, v in PAPER.items()) + ".")
+    p.add_argument("--agent", choices=sorted(AGENTS), help="agent to train (default: warp)")
+    p.add_argument("--seed", type=int, help="seed of weights, mazes and actions (default: 0)")
+    p.add_argument("--episodes", type=int, help="total training episodes")
+    p.add_argument("--batch-size", type=int, help="mazes per episode")
+    p.add_argument("--hidden-size", type=int, help="recurrent width")
+    p.add_argument("--lr", type=float, help="Adam learning rate of the fast weights")
+    p.add_argument("--warp-lr", type=float, help="Adam learning rate of the warp weights")
+    p.add_argument("--meta-interval", type=int, help="episodes between warp steps")
+    p.add_argument("--warmup-episodes", type=int, help="first episodes without any step")
+    p.add_argument("--maze-size", type=int, help="odd side of the square maze")
+    p.add_argument("--episode-length", type=int, help="steps per episode")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1, the fastest "
+                   "for these small matrices)")
+    p.add_argument("--paper", action="store_true", help="the paper's configuration")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/maze/AGENT-seedSEED"
+                   "[-paper])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out even if it holds a run")
+    p.add_argument("--no-plot", action="store_true", help="skip the learning-curve PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite contradict each other; pick one")
+    explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
+    preset = PAPER if args.paper else QUICK
+    agent, seed = explicit.get("agent", "warp"), explicit.get("seed", 0)
+    out: Path = args.out or Path("runs") / "maze" / (
+        f"{agent}-seed{seed}" + ("-paper" if args.paper else ""))
+
+    try:
+        if args.resume:
+            overrides = dict(explicit)
+            if args.paper:  # --paper on resume only checks that the run used its settings
+                overrides.update({k: v for k, v in PAPER.items()
+                                  if k not in Trainer.RESUME_OVERRIDABLE and k not in explicit})
+            trainer = Trainer.resume(out, overrides)
+        else:
+            config = TrainConfig(**{**preset, **explicit})
+            config.validate()
+            existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
+            if existing and not args.overwrite:
+                parser.error(f"{out} already holds a run ({', '.join(existing)}); pass --resume "
+                             "to continue it, --overwrite to start over, or another --out")
+            for name in (CHECKPOINT_NAME, LOG_NAME, CURVE_NAME):
+                (out / name).unlink(missing_ok=True)
+            trainer = Trainer(config, out)
+    except FileNotFoundError as err:
+        parser.error(f"{err}; nothing to resume in {out} (start without --resume)")
+    except ValueError as err:
+        parser.error(str(err))
+
+    config = trainer.config
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    print(f"training {config.agent} (seed {config.seed}) for {config.episodes} episodes of "
+          f"{config.batch_size} mazes {config.maze_size}x{config.maze_size}, "
+          f"{config.episode_length} steps, on {config.device}; writing to {out}"
+          + (f"; resuming at episode {trainer.episode}" if args.resume else ""))
+    try:
+        trainer.train(progress=not args.quiet)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume --out {out} (from the last checkpoint)",
+              file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+
+    log = read_log(out / LOG_NAME)
+    last = log["reward_mean"][-100:]
+    random_reward = random_play_reward(config)
+    print(f"mean reward per episode over the last {len(last)} episodes: {np.mean(last):.1f} "
+          f"(random play: {random_reward:.1f}); "
+          f"{np.mean(log['rollout_s'] + log['update_s']):.3f} s/episode")
+    if not args.no_plot:
+        title = (f"{config.agent}, {config.maze_size}x{config.maze_size}, batch "
+                 f"{config.batch_size}, {config.episode_length} steps, seed {config.seed}")
+        save_learning_curve(out / LOG_NAME, out / CURVE_NAME, title, random_reward)
+        print(f"learning curve: {out / CURVE_NAME}")
+    print(f"checkpoint: {out / CHECKPOINT_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
