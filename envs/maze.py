@@ -343,6 +343,19 @@ def flatten_mazes(walls: np.ndarray, pad: int) -> FlatMazes:
                      np.cumsum(free2d, axis=1))
 
 
+def move_table(walls_flat: np.ndarray, width: int) -> np.ndarray:
+    """Where each action leads from each cell of flat padded walls: int ``(cells, 4)``.
+
+    ``walls_flat`` is the concatenation of mazes padded to ``width x width`` (see
+    :class:`FlatMazes`); a move into a wall stays on the same cell. A move never leaves its
+    maze's block, since the padding is wall.
+    """
+    cells = np.arange(walls_flat.size)
+    delta = np.array([dr * width + dc for dr, dc in MOVES])
+    target = np.clip(cells[:, None] + delta, 0, cells.size - 1)
+    return np.where(walls_flat[target], cells[:, None], target)
+
+
 def check_walls(walls: np.ndarray, size: int) -> np.ndarray:
     """Validate user-given walls ``(S, S)`` or ``(n, S, S)``; returns a bool array.
 

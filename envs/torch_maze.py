@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from envs.maze import (
-    MOVES,
     NUM_ACTIONS,
     MazeConfig,
     check_walls,
     flatten_mazes,
     make_walls,
+    move_table,
 )
 
 
@@ -67,7 +67,6 @@ class TorchMazeBatch:
         self._pad = p = cfg.pad
         self._width = W = cfg.size + 2 * p
         h = cfg.view_size // 2
-        self._delta = torch.tensor([dr * W + dc for dr, dc in MOVES], device=dev)
         self._offsets = torch.tensor(
             [dr * W + dc for dr in range(-h, h + 1) for dc in range(-h, h + 1)], device=dev
         )
@@ -136,16 +135,14 @@ class TorchMazeBatch:
             )
         self._check_actions(actions)
         actions = actions.long()
-        target = self._pos + self._delta[actions]
-        blocked = self._walls[target]
-        pos = torch.where(blocked, self._pos, target)
+        pos = self._next[self._pos, actions]  # a move into a wall stays in place
         hit = pos == self._goal
+        reward = hit.float() * cfg.reward
+        if cfg.wall_penalty:
+            reward = reward - (pos == self._pos).float() * cfg.wall_penalty
         rank = self._pick_rank(self._uniform(B), self._goal_rank)
         dest = self._free.gather(1, rank[:, None]).squeeze(1)
         self._pos = torch.where(hit, dest, pos)  # teleport after entering the goal
-        reward = hit.float() * cfg.reward
-        if cfg.wall_penalty:
-            reward = reward - blocked.float() * cfg.wall_penalty
         self._last_reward = reward
         self._last_action = actions
         self._t += 1
@@ -235,15 +232,16 @@ class TorchMazeBatch:
         B, W, dev = self.num_envs, self._width, self.device
         shared = walls.shape[0] == 1
         flat = flatten_mazes(walls, self._pad)
-        self._walls_host = walls
-        self._walls = torch.as_tensor(flat.walls.reshape(-1), device=dev)
-        self._walls_float = self._walls.float()
+        self._walls_host = np.array(walls, dtype=bool)
+        self._walls_float = torch.as_tensor(flat.walls.reshape(-1), device=dev).float()
+        self._next = torch.as_tensor(move_table(flat.walls.reshape(-1), W), device=dev)
         self._base = (
             torch.zeros(B, dtype=torch.long, device=dev) if shared else self._rows * (W * W)
         )
         free = torch.as_tensor(flat.free, device=dev) + self._base[:, None]
         self._free = free.expand(B, -1) if shared else free
-        self._num_free = torch.as_tensor(flat.num_free, device=dev).expand(B)
+        num_free = torch.as_tensor(flat.num_free, device=dev).expand(B)
+        self._num_free_1, self._num_free_2 = num_free - 1, num_free - 2
         self._free_cumsum = torch.as_tensor(flat.free_cumsum, device=dev).expand(B, -1)
         r, c = self.config.start_cell
         start_local = (r + self._pad) * W + (c + self._pad)
@@ -254,10 +252,10 @@ class TorchMazeBatch:
         return torch.rand(n, dtype=torch.float64, generator=self._gen, device=self.device)
 
     def _pick_rank(self, u: torch.Tensor, skip_rank: torch.Tensor) -> torch.Tensor:
-        """:func:`envs.maze.pick_rank` on tensors (float64 products, as numpy computes them)."""
-        num_free = self._num_free
-        j = torch.minimum((u * (num_free - 1)).floor().long(), num_free - 2)
-        return j + (j >= skip_rank).long()
+        """:func:`envs.maze.pick_rank` on tensors (float64 products, as numpy computes them;
+        truncation is the floor here since ``u >= 0``)."""
+        j = torch.minimum((u * self._num_free_1).long(), self._num_free_2)
+        return j + (j >= skip_rank)
 
     def _set_goal(self, goal_abs: torch.Tensor, rank: torch.Tensor) -> None:
         self._goal = goal_abs

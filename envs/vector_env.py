@@ -34,12 +34,12 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from envs.maze import (
-    MOVES,
     NUM_ACTIONS,
     MazeConfig,
     check_walls,
     flatten_mazes,
     make_walls,
+    move_table,
     pick_rank,
     render_ansi,
     render_rgb,
@@ -127,7 +127,6 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         # geometry of the padded, flattened grid
         self._pad = p = cfg.pad
         self._width = W = cfg.size + 2 * p
-        self._delta = np.array([dr * W + dc for dr, dc in MOVES], dtype=np.intp)
         h = cfg.view_size // 2
         self._offsets = np.array(
             [dr * W + dc for dr in range(-h, h + 1) for dc in range(-h, h + 1)], dtype=np.intp
@@ -136,6 +135,7 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         self._cell_of = np.stack([rows - p, cols - p], axis=1)  # flat -> (row, col), unpadded
         self._rows = np.arange(N)
         self._action_slot = self._rows * lay.dim + lay.prev_action.start  # flat index, action 0
+        self._time_slot, self._reward_slot = lay.time, lay.last_reward
         self._all_true = _read_only(np.ones(N, dtype=bool))
 
         # state (set by reset)
@@ -182,8 +182,8 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         if (
             actions.shape != (N,)
             or actions.dtype.kind not in "iu"
-            # seen as unsigned, a negative action is huge: one comparison checks the range
-            or np.count_nonzero(actions.view(f"u{actions.itemsize}") >= NUM_ACTIONS)
+            # a >> 2 is 0 exactly for 0 <= a < 4 (negative numbers shift to -1)
+            or np.count_nonzero(actions >> 2)
         ):
             raise ValueError(
                 f"actions={actions!r} are not accepted: expected integers in [0, {NUM_ACTIONS}) "
@@ -341,9 +341,7 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         self._num_free = np.broadcast_to(flat.num_free, (N,))
         self._free_cumsum = np.broadcast_to(flat.free_cumsum, (N, W * W))
 
-        cells = np.arange(self._walls_flat.size)
-        target = np.clip(cells[:, None] + self._delta, 0, cells.size - 1)  # (cells, 4)
-        self._next = np.where(self._walls_flat[target], cells[:, None], target)
+        self._next = move_table(self._walls_flat, W)
 
         v2 = lay.window.stop
         local = np.arange(W * W)
@@ -403,23 +401,22 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
 
     def _observation(self) -> np.ndarray:
         """Observations float32 ``(N, D)`` (layout: :class:`envs.maze.ObsLayout`)."""
-        lay = self.obs_layout
         if self._codes is not None:
-            obs = self._obs_rows[self._codes[self._pos]]
+            obs = np.take(self._obs_rows, self._codes[self._pos], axis=0)
         elif self._obs_rows is not None:
-            obs = self._obs_rows[self._pos]
+            obs = np.take(self._obs_rows, self._pos, axis=0)
         else:
-            v2 = lay.window.stop
+            lay = self.obs_layout
             obs = np.zeros((self.num_envs, lay.dim), dtype=np.float32)
-            obs[:, :v2] = self._walls_flat[self._pos[:, None] + self._offsets]
+            obs[:, lay.window] = self._walls_flat[self._pos[:, None] + self._offsets]
             obs[:, lay.bias] = 1.0
-        obs[:, lay.time] = self._t / self.config.episode_length
-        obs[:, lay.last_reward] = self._last_reward
+        obs[:, self._time_slot] = self._t / self.config.episode_length
+        obs[:, self._reward_slot] = self._last_reward
         obs.reshape(-1)[self._action_slot + self._last_action] = 1.0
         return obs
 
     def _info(self) -> dict[str, Any]:
-        agent = self._cell_of[self._pos if self._shared else self._pos - self._base]
+        agent = np.take(self._cell_of, self._pos if self._shared else self._pos - self._base, 0)
         return {
             "agent_cell": agent, "_agent_cell": self._all_true,
             "goal_cell": self._goal_cell, "_goal_cell": self._all_true,
