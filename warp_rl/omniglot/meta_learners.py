@@ -30,8 +30,10 @@ What is meta-learned:
   (kept across meta-steps); a test task gets a freshly initialised head and finetunes it all;
 - ``no``: nothing; every task adapts from the same random initialisation.
 
-The held-out drawings of *meta-training* alphabets serve as the query set of fomaml and maml;
-the meta-test alphabets are never seen before the final test.
+The held-out drawings of *meta-training* alphabets serve as the query set of fomaml and maml,
+classified with training-mode batch norm (the query batch's own statistics): running statistics
+are not differentiable, so an evaluation-mode query loss would make maml's gradient inexact.
+The meta-test alphabets are never seen before the final test.
 """
 
 from __future__ import annotations
@@ -325,11 +327,9 @@ class FOMAML(InitLearner):
             task = tasks.task(i)
             results.append(self.adapt(task))
             xt, yt = task.test_set()
-            self.model.eval()
             names, params = zip(*self.model.named_parameters(), strict=True)
-            loss = F.cross_entropy(self.model(xt[0]), yt[0])
+            loss = F.cross_entropy(self.model(xt[0]), yt[0])  # training mode (module docstring)
             grads = torch.autograd.grad(loss, params)
-            self.model.train()
             for n, g in zip(names, grads, strict=True):
                 total[n] += g
         self._outer_step({n: g / tasks.num_tasks for n, g in total.items()})
@@ -365,6 +365,9 @@ class Leap(InitLearner):
 
 class MAML(InitLearner):
     """``maml``: backpropagation through ``unroll`` inner SGD steps (``torch.func``).
+
+    The training log's held-out numbers of a meta-step are the query's (training-mode batch
+    norm); ``evaluate`` reports evaluation-mode numbers like every other learner.
 
     The inner loop runs the network functionally on ``{name: tensor}`` parameters; each step is
     ``theta <- theta - lr * grad`` with ``create_graph=True``, so the held-out loss after the
@@ -414,12 +417,10 @@ class MAML(InitLearner):
                 }
                 losses.append(loss.detach())
                 accs.append(_accuracy(logits.detach(), y[0]))
-            self.model.eval()
-            xt, yt = task.test_set()
+            xt, yt = task.test_set()  # query in training mode (module docstring)
             logits = functional_call(self.model, {**theta, **buffers}, (xt[0],))
             query = F.cross_entropy(logits, yt[0])
             (query / tasks.num_tasks).backward()
-            self.model.train()
             results.append(
                 TaskResults(
                     torch.stack(losses).cpu()[None],
