@@ -402,9 +402,9 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
     def _observation(self) -> np.ndarray:
         """Observations float32 ``(N, D)`` (layout: :class:`envs.maze.ObsLayout`)."""
         if self._codes is not None:
-            obs = np.take(self._obs_rows, self._codes[self._pos], axis=0)
+            obs = self._obs_rows.take(self._codes[self._pos], axis=0)
         elif self._obs_rows is not None:
-            obs = np.take(self._obs_rows, self._pos, axis=0)
+            obs = self._obs_rows.take(self._pos, axis=0)
         else:
             lay = self.obs_layout
             obs = np.zeros((self.num_envs, lay.dim), dtype=np.float32)
@@ -416,7 +416,7 @@ class WarpMazeVectorEnv(gym.vector.VectorEnv):
         return obs
 
     def _info(self) -> dict[str, Any]:
-        agent = np.take(self._cell_of, self._pos if self._shared else self._pos - self._base, 0)
+        agent = self._cell_of.take(self._pos if self._shared else self._pos - self._base, 0)
         return {
             "agent_cell": agent, "_agent_cell": self._all_true,
             "goal_cell": self._goal_cell, "_goal_cell": self._all_true,
