@@ -141,7 +141,7 @@ def as_sampler(task: Any, max_batches: int = 8, device: str = "cpu") -> BatchSam
             "a task must be an iterable of (x, y) batches or have "
             f"sample_batches(num, generator); got {type(task).__name__}"
         )
-    if iter(task) is task:
+    if isinstance(task, Iterator):
         raise TypeError(
             f"a task must be re-iterable (a list, a DataLoader, a TensorTask); got the one-shot "
             f"iterator {type(task).__name__}, which registering would consume"
