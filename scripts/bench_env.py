@@ -6,13 +6,16 @@ Measures, in one run:
   wrappers), resetting when an episode ends;
 * ``sync``: ``gymnasium.vector.SyncVectorEnv`` of N single envs;
 * ``vector``: :class:`envs.WarpMazeVectorEnv` from ``gymnasium.make_vec`` at several N;
-* ``torch``: :class:`envs.TorchMazeBatch` on the CPU (``--no-torch`` to skip);
+* ``torch``: :class:`envs.TorchMazeBatch` on the CPU, or the devices given by
+  ``--torch-devices`` (``--no-torch`` to skip);
 * ``loop``: the baseline, written below: N mazes stepped the way the original experiment code
   did (Miconi et al.'s maze, as used by WarpGrad): numpy arrays per maze and a Python loop over
   the batch for the moves, the rewards, the teleports and the observations.
 
 Every row reports env-steps/s (one env-step = one maze advanced by one step) and its ratio to the
-loop baseline at the same N. Actions are drawn up front, so action sampling is not timed.
+loop baseline at the same N. Actions are drawn up front, so action sampling is not timed. CPU
+rows are timed by the process's CPU time (robust on a shared machine; ``--wall-clock`` to use
+wall time), rounds interleave the rows, and each row keeps its best round.
 
     python scripts/bench_env.py                          # 3 rounds of 0.5 s per row, ~25 s
     python scripts/bench_env.py --seconds 0.1 --rounds 1  # a quick check
@@ -109,15 +112,25 @@ class LoopMazes:
         return inputs
 
 
-def timed(step: Callable[[int], None], n: int, seconds: float) -> float:
-    """Call ``step(i)`` for i = 0, 1, ... for about ``seconds``; return env-steps/s (n per call)."""
-    calls, start = 0, time.perf_counter()
+def timed(step: Callable[[int], None], n: int, seconds: float, cpu_clock: bool) -> float:
+    """Call ``step(i)`` for i = 0, 1, ... for about ``seconds``; return env-steps/s (n per call).
+
+    With ``cpu_clock`` the time is this process's CPU time (``time.process_time``), so that
+    other jobs on a shared machine do not count against the row; otherwise wall time. The
+    clock is read after chunks of calls that grow to about 5 ms, to keep its cost out.
+    """
+    clock = time.process_time if cpu_clock else time.perf_counter
+    calls, chunk, start = 0, 1, clock()
     while True:
-        step(calls)
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return calls * n / elapsed
+        chunk_start = clock()
+        for _ in range(chunk):
+            step(calls)
+            calls += 1
+        now = clock()
+        if now - start >= seconds:
+            return calls * n / (now - start)
+        if now - chunk_start < 0.005:
+            chunk *= 2
 
 
 Step = Callable[[int], None]
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sync-sizes", type=int, nargs="+", default=[30],
                         help="N for SyncVectorEnv")
+    parser.add_argument("--wall-clock", action="store_true",
+                        help="time CPU rows by wall clock instead of process CPU time")
     parser.add_argument("--no-torch", action="store_true", help="skip TorchMazeBatch")
     parser.add_argument("--torch-devices", nargs="+", default=["cpu"],
                         help="devices for TorchMazeBatch rows, e.g. cpu cuda")
@@ -195,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     actions = np.random.default_rng(0).integers(0, 4, size=(512, max_n))
     print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"numpy {np.__version__}, gymnasium {gymnasium.__version__}, torch {torch.__version__},"
-          f" 1 thread, best of {args.rounds} rounds of {args.seconds:g} s per row")
+          f" 1 thread, best of {args.rounds} rounds of {args.seconds:g} s per row, "
+          f"{'wall' if args.wall_clock else 'process CPU'} time (CUDA rows: wall time)")
 
     loop_sizes = sorted({1, *args.sizes, *args.sync_sizes})
     benches: list[tuple[str, int, Step]] = [("single (gymnasium.make)", 1, make_single(actions))]
@@ -211,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     best = [0.0] * len(benches)
     for _ in range(args.rounds):
         for k, (name, n, step) in enumerate(benches):
-            rate = timed(step, n, args.seconds)
-            if "cuda" in name:
+            on_gpu = "cuda" in name
+            rate = timed(step, n, args.seconds, cpu_clock=not on_gpu and not args.wall_clock)
+            if on_gpu:
                 torch.cuda.synchronize()
             best[k] = max(best[k], rate)
     loop = {n: rate for (name, n, _), rate in zip(benches, best, strict=True)
