@@ -353,7 +353,8 @@ def test_torch_batch_on_cuda_equals_the_vector_env(layout):
         o_t, r_t, _ = batch.step(torch.as_tensor(a, device="cuda"))
         np.testing.assert_array_equal(o_v, o_t.cpu().numpy())
         np.testing.assert_array_equal(r_v.astype(np.float32), r_t.cpu().numpy())
-    # and a seeded reset draws goals on the GPU that obey the rules
+    # and a seeded reset draws goals on the GPU (its own generator again) that obey the rules
+    del batch._uniform
     batch.reset(seed=3)
     walls = batch.walls.cpu().numpy()
     goals = batch.goal_cells.cpu().numpy()
