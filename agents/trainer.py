@@ -350,9 +350,10 @@ def _fmt(value: Any) -> str:
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
-    """The CSV log as ``{column: float64 array}``."""
+    """The CSV log as ``{column: float64 array}`` (a torn last line, left by a crash, is
+    skipped)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) for k in LOG_FIELDS)]
     return {k: np.array([float(r[k]) for r in rows]) for k in LOG_FIELDS}
 
 
