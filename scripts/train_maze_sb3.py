@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="observations stacked for a2c (4)")
     p.add_argument("--n-steps", type=_positive_int, default=None,
                    help="steps per env per update (SB3 default: 128 for PPO, 5 for A2C)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="recurrent_ppo minibatch size (SB3's 128, capped at one rollout)")
+    p.add_argument("--n-epochs", type=_positive_int, default=None,
+                   help="recurrent_ppo epochs per rollout (SB3's 10)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (SB3 default: 3e-4 for PPO, 7e-4 for A2C)")
     p.add_argument("--gamma", type=float, default=0.99, help="discount (SB3's 0.99)")
@@ -211,8 +215,15 @@ def train(args: argparse.Namespace) -> Path:
         policy = "MlpLstmPolicy"
         kwargs["policy_kwargs"] = {"lstm_hidden_size": args.hidden}
         # PPO's minibatch must not exceed a rollout (n_steps * n_envs).
-        kwargs["batch_size"] = min(128, kwargs.get("n_steps", 128) * args.n_envs)
+        kwargs["batch_size"] = min(args.batch_size or 128,
+                                   kwargs.get("n_steps", 128) * args.n_envs)
+        if args.n_epochs is not None:
+            kwargs["n_epochs"] = args.n_epochs
     else:
+        for flag in ("batch_size", "n_epochs"):
+            if getattr(args, flag) is not None:
+                raise SystemExit(f"--{flag.replace('_', '-')} applies to recurrent_ppo only; "
+                                 f"got it with --algo {args.algo}")
         policy = "MlpPolicy"
         env = VecFrameStack(env, n_stack=args.n_stack)
 

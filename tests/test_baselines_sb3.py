@@ -38,7 +38,9 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 @pytest.mark.parametrize("algo", ["recurrent_ppo", "a2c"])
 def test_tiny_run_writes_the_log(tmp_path, algo):
-    out = sb3_script.main(["--algo", algo, "--seed", "1", "--out", str(tmp_path), *TINY])
+    extra = ["--batch-size", "5", "--n-epochs", "2"] if algo == "recurrent_ppo" else []
+    out = sb3_script.main(["--algo", algo, "--seed", "1", "--out", str(tmp_path), *TINY,
+                           *extra])
     header, rows = read_csv(out / "log.csv")
     assert header == list(sb3_script.LOG_FIELDS)
     for name in ("episode", "reward_mean", "wall_s"):  # the columns plot_maze.py reads
@@ -53,6 +55,8 @@ def test_tiny_run_writes_the_log(tmp_path, algo):
     assert walls == sorted(walls) and walls[0] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["agent"] == f"sb3-{algo}" and config["total_timesteps"] == 150
+    if algo == "recurrent_ppo":
+        assert config["sb3_kwargs"]["batch_size"] == 5 and config["sb3_kwargs"]["n_epochs"] == 2
     assert (out / "model.zip").stat().st_size > 0
 
 
@@ -84,6 +88,8 @@ def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--size must be an odd integer >= 5; got 8"):
         sb3_script.main(["--algo", "a2c", "--out", str(tmp_path),
                          *TINY[:4], "--size", "8", "--episodes", "1"])
+    with pytest.raises(SystemExit, match="--batch-size applies to recurrent_ppo only"):
+        sb3_script.main(["--algo", "a2c", "--batch-size", "64", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit):
         sb3_script.main(["--algo", "dqn", "--episodes", "1", "--out", str(tmp_path)])
     assert "invalid choice: 'dqn'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -76,3 +77,21 @@ def test_plot_reads_trainer_runs(tmp_path):
     agents = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert agents == ["lstm", "rnn"]
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "backpropamine"])
+def test_baseline_trains_through_train_maze_script(tmp_path, name):
+    """The command-line path of the issue: scripts/train_maze.py --agent NAME."""
+    spec = importlib.util.spec_from_file_location("_baselines_train_maze",
+                                                  ROOT / "scripts" / "train_maze.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    out = tmp_path / name
+    code = script.main(["--agent", name, "--episodes", "2", "--batch-size", "2",
+                        "--hidden-size", "8", "--maze-size", "5", "--episode-length", "10",
+                        "--warmup-episodes", "0", "--out", str(out), "--quiet", "--no-plot"])
+    assert code == 0
+    with open(out / LOG_NAME, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert json.loads((out / "config.json").read_text())["agent"] == name
