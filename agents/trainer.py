@@ -197,10 +197,11 @@ class TorchBatchEnv:
                  device: torch.device) -> None:
         import envs
 
+        # Actions come from argmax, always valid: skip the check (a host sync per step).
         self.batch = envs.TorchMazeBatch(num_envs, size=size, episode_length=episode_length,
-                                         device=device)
+                                         device=device, validate_actions=False)
         self.num_envs = num_envs
-        self.obs_dim = int(self.reset(0).shape[1])
+        self.obs_dim = int(self.batch.obs_dim)
 
     def reset(self, seed: int) -> torch.Tensor:
         return self.batch.reset(seed)

@@ -9,14 +9,20 @@ accumulated in a Python loop over time. The original's defects are fixed in the 
 sides run the same model, the same loss and the same optimiser schedule; only the mechanics
 differ.
 
-The *fast* side is :meth:`agents.trainer.Trainer.train_episode` itself (numpy vector env,
-Gumbel-max sampling, vectorised loss).
+The *trainer* rows are :meth:`agents.trainer.Trainer.train_episode` itself (numpy vector env
+on CPU, torch batch on CUDA, Gumbel-max sampling, vectorised loss, the Warp-RNN's fused
+forward/backward tape); the *autograd* rows are the same trainer with the tape switched off
+(autograd through the module's forward at every step), to show what each part buys.
 
 One agent-step = one maze advanced by one step, including the loss, backward and optimiser
 steps of the episode. Run on one CPU thread by default::
 
     python scripts/bench_train_maze.py                      # batch 30 and 1024
     python scripts/bench_train_maze.py --batch-sizes 30 --episodes 2
+    python scripts/bench_train_maze.py --device cuda       # the original also ran on a GPU
+
+Speed-ups are wall-clock against the original style at the same batch size; "cpu s/ep" is the
+process CPU time, a steadier figure on a busy machine.
 """
 
 from __future__ import annotations
@@ -110,13 +116,13 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
                            warp_params: list[torch.nn.Parameter], warp_sum: list[torch.Tensor],
                            episode: int, cfg: TrainConfig) -> float:
     """One training episode in the original style; same model, loss and optimiser schedule."""
-    b, steps = mazes.batch_size, cfg.episode_length
+    b, steps, device = mazes.batch_size, cfg.episode_length, torch.device(cfg.device)
     mazes.reset()
-    state = agent.initial_state(b)
-    loss = torch.zeros(())
+    state = agent.initial_state(b, device)
+    loss = torch.zeros((), device=device)
     logprobs, rewards, values = [], [], []
     for numstep in range(steps):
-        inputs = torch.from_numpy(mazes.observation(numstep))
+        inputs = torch.from_numpy(mazes.observation(numstep)).to(device)
         logits, value, state = agent(inputs, state)
         probs = torch.softmax(logits, dim=1)
         distrib = torch.distributions.Categorical(probs)
@@ -125,10 +131,10 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
         rewards.append(mazes.step(actions.data.cpu().numpy()))
         values.append(value)
         loss = loss + cfg.penalty_coef * probs.pow(2).sum() / b
-    returns = torch.zeros(b)
-    lossv = torch.zeros(())
+    returns = torch.zeros(b, device=device)
+    lossv = torch.zeros((), device=device)
     for t in reversed(range(steps)):
-        returns = cfg.gamma * returns + torch.from_numpy(rewards[t])
+        returns = cfg.gamma * returns + torch.from_numpy(rewards[t]).to(device)
         advantage = returns - values[t]
         lossv = lossv + advantage.pow(2).sum() / b
         loss = loss - (logprobs[t] * advantage.detach()).sum() / b
@@ -149,35 +155,53 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
     return float(np.sum(rewards)) / b
 
 
-def time_original(cfg: TrainConfig, warmup: int, episodes: int) -> float:
-    """Seconds per training episode of the original style."""
+def _timed(run_episode, warmup: int, episodes: int, device: torch.device
+           ) -> tuple[float, float]:
+    """Median wall-clock and median process CPU seconds of ``episodes`` calls."""
+    for _ in range(warmup):
+        run_episode()
+    wall, cpu = [], []
+    for _ in range(episodes):
+        w, c = time.perf_counter(), time.process_time()
+        run_episode()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def time_original(cfg: TrainConfig, warmup: int, episodes: int) -> tuple[float, float]:
+    """Seconds per training episode of the original style: (wall, CPU)."""
     torch.manual_seed(cfg.seed)
-    agent = WarpRNNAgent(17, 4, cfg.hidden_size)
+    device = torch.device(cfg.device)
+    agent = WarpRNNAgent(17, 4, cfg.hidden_size).to(device)
     warp_params = [p for m in agent.warp_modules() for p in m.parameters()]
     fast_params = [p for m in agent.adapt_modules() for p in m.parameters()]
     fast_opt = torch.optim.Adam(fast_params, lr=cfg.lr)
     warp_opt = torch.optim.Adam(warp_params, lr=cfg.warp_lr)
     warp_sum = [torch.zeros_like(p) for p in warp_params]
     mazes = OriginalStyleMazes(cfg.batch_size, cfg.maze_size, cfg.episode_length, cfg.seed)
-    for e in range(warmup + episodes):
-        if e == warmup:
-            start = time.perf_counter()
-        original_style_episode(agent, mazes, fast_opt, warp_opt, warp_params, warp_sum, e, cfg)
-    return (time.perf_counter() - start) / episodes
+    counter = iter(range(10**9))
+
+    def run() -> None:
+        original_style_episode(agent, mazes, fast_opt, warp_opt, warp_params, warp_sum,
+                               next(counter), cfg)
+
+    return _timed(run, warmup, episodes, device)
 
 
-def time_trainer(cfg: TrainConfig, warmup: int, episodes: int) -> float:
-    """Seconds per training episode of :class:`agents.trainer.Trainer`."""
+def time_trainer(cfg: TrainConfig, warmup: int, episodes: int, fused: bool = True
+                 ) -> tuple[float, float]:
+    """Seconds per training episode of :class:`agents.trainer.Trainer`: (wall, CPU).
+
+    ``fused=False`` trains through autograd per step instead of the Warp-RNN's fused tape."""
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
-        for _ in range(warmup):
-            trainer.train_episode()
-        start = time.perf_counter()
-        for _ in range(episodes):
-            trainer.train_episode()
-        elapsed = time.perf_counter() - start
+        trainer.agent.fused_unroll = fused
+        result = _timed(trainer.train_episode, warmup, episodes, torch.device(cfg.device))
         trainer.close()
-    return elapsed / episodes
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,27 +213,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=100)
     parser.add_argument("--maze-size", type=int, default=13)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--skip-original-above", type=int, default=4096,
                         help="skip the (slow) original style for batches above this")
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
-        parser.error("--episodes must be >= 1, --warmup >= 0 and batch sizes >= 1")
+    if args.episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or args.threads < 1:
+        parser.error("--episodes and --threads must be >= 1, --warmup >= 0, batch sizes >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), maze {args.maze_size}, "
-          f"{args.episode_length} steps, hidden {args.hidden_size}, Warp-RNN, "
-          f"{args.episodes} timed episode(s) after {args.warmup} untimed")
-    print(f"{'batch':>6} {'impl':>10} {'s/episode':>10} {'agent-steps/s':>14} {'speed-up':>9}")
+    where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__} on {args.device} ({where}), {args.threads} CPU "
+          f"thread(s); Warp-RNN training, maze {args.maze_size}x{args.maze_size}, "
+          f"{args.episode_length} steps, hidden {args.hidden_size}; median of {args.episodes} "
+          f"timed episode(s) after {args.warmup} untimed")
+    print(f"{'batch':>6} {'impl':>9} {'s/episode':>10} {'cpu s/ep':>9} {'agent-steps/s':>14} "
+          f"{'speed-up':>9}")
     for batch in args.batch_sizes:
         cfg = TrainConfig(batch_size=batch, hidden_size=args.hidden_size,
                           maze_size=args.maze_size, episode_length=args.episode_length,
-                          warmup_episodes=0, threads=args.threads, episodes=1)
+                          warmup_episodes=0, threads=args.threads, episodes=1,
+                          device=args.device)
         steps = batch * args.episode_length
-        fast = time_trainer(cfg, args.warmup, args.episodes)
-        orig = (time_original(cfg, args.warmup, args.episodes)
-                if batch <= args.skip_original_above else float("nan"))
-        print(f"{batch:>6} {'original':>10} {orig:>10.3f} {steps / orig:>14.0f} {'1.00x':>9}")
-        print(f"{batch:>6} {'trainer':>10} {fast:>10.3f} {steps / fast:>14.0f} "
-              f"{orig / fast:>8.2f}x", flush=True)
+        rows = []
+        if batch <= args.skip_original_above:
+            rows.append(("original", time_original(cfg, args.warmup, args.episodes)))
+        rows.append(("autograd", time_trainer(cfg, args.warmup, args.episodes, fused=False)))
+        rows.append(("trainer", time_trainer(cfg, args.warmup, args.episodes, fused=True)))
+        base = rows[0][1][0] if rows[0][0] == "original" else float("nan")
+        for name, (wall, cpu) in rows:
+            print(f"{batch:>6} {name:>9} {wall:>10.3f} {cpu:>9.3f} {steps / wall:>14.0f} "
+                  f"{base / wall:>8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,9 +115,11 @@ def assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
 
 
-@pytest.mark.parametrize("agent", ["warp", "lstm"])
-def test_resume_is_exact(tmp_path, agent):
-    cfg = small(agent=agent, episodes=10, checkpoint_every=4)
+@pytest.mark.parametrize(("agent", "env_backend"),
+                         [("warp", "numpy"), ("lstm", "numpy"), ("warp", "torch")])
+def test_resume_is_exact(tmp_path, agent, env_backend):
+    # env_backend="torch" is the GPU trainer's code path (TorchMazeBatch), here on the CPU.
+    cfg = small(agent=agent, env_backend=env_backend, episodes=10, checkpoint_every=4)
     straight = Trainer(cfg, tmp_path / "straight")
     straight.train(progress=False)
     straight.close()

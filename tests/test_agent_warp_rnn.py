@@ -99,12 +99,16 @@ def test_baseline_without_warp_modules_gets_one_optimiser():
         id(p) for p in agent.parameters()}
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("steps", [1, 9])
-def test_fused_tape_matches_autograd(steps: int):
-    agent = agent64(seed=1)
+def test_fused_tape_matches_autograd(steps: int, device: str):
+    agent = agent64(seed=1).to(device)
     batch = 5
-    obs = torch.rand(steps, batch, D, dtype=torch.float64)
-    weights = torch.randn(steps, batch, A + 1, dtype=torch.float64)
+    obs = torch.rand(steps, batch, D, dtype=torch.float64, device=device)
+    weights = torch.randn(steps, batch, A + 1, dtype=torch.float64, device=device)
 
     def run(unroller):
         for t in range(steps):
