@@ -116,6 +116,7 @@ class WarpRNNAgent(RecurrentAgent):
         # Cumulative split points of the projection output: [g_x | g_h | g_i | g_hh | g_b].
         self.gate_sizes: tuple[int, ...] = (obs_dim,) + (hidden_size,) * NUM_GATES_H
         self.fused_unroll = True  # train with WarpRNNTape (False: autograd through forward)
+        self._workspace: _TapeWorkspace | None = None  # the tape's buffers, reused
 
     def warp_modules(self) -> list[nn.Module]:
         """The gating LSTM and its projection: the slow, meta-learned weights."""
@@ -172,16 +173,79 @@ class WarpRNNAgent(RecurrentAgent):
                 self.gate_proj.weight)
 
 
+class _TapeWorkspace:
+    """The buffers of a :class:`WarpRNNTape` and their per-step views, kept by the agent and
+    reused from one episode to the next (allocating and first-touching tens of megabytes, and
+    making thousands of views, every episode costs more than the small operations themselves).
+
+    ``generation`` counts the tapes that used it: a tape refuses to run once a newer tape has
+    taken the workspace over.
+    """
+
+    def __init__(self, T: int, B: int, D: int, H: int, A: int, gate_sizes: tuple[int, ...],
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.key = (T, B, D, H, A, dtype, device)
+        self.generation = 0
+
+        def buf(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        # Forward activations. zz[t] = [x_t | h_{t-1} | lstm_h_{t-1}].
+        self.zz = buf(T + 1, B, D + 2 * H)
+        self.lc = buf(T + 1, B, H)  # gating LSTM cell state; lc[t + 1] after step t
+        self.act = buf(T, B, 4 * H)  # LSTM gates after their nonlinearity: i, f, g, o
+        self.tc = buf(T, B, H)  # tanh(lc[t + 1])
+        self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
+        self.xa = buf(T, B, D)  # x * g_x
+        self.ha = buf(T, B, H)  # h_{t-1} * g_h
+        self.uw = buf(T, B, 2, H)  # [u | w] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
+        self.out = buf(T, B, A + 1)  # [logits | value]
+        # Backward: gradients of the pre-activations, and the LSTM gates' slopes.
+        self.d_act = buf(T, B, 4 * H)
+        self.slope = buf(T, B, 4 * H)
+        self.d_gates = buf(T, B, D + 4 * H)
+        self.d_pre = buf(T, B, H)
+        self.d_uw = buf(T, B, 2, H)
+        # Per-step views (v_*[t] is step t's slice).
+        self.v_zz = self.zz.unbind(0)
+        self.v_x, self.v_h, self.v_lh = (c.unbind(0) for c in self.zz.split((D, H, H), dim=2))
+        self.v_lc, self.v_tc = self.lc.unbind(0), self.tc.unbind(0)
+        self.v_act = self.act.unbind(0)
+        self.v_i, self.v_f, self.v_g, self.v_o = (c.unbind(0) for c in self.act.split(H, dim=2))
+        self.v_gates = self.gates.unbind(0)
+        self.v_gx, self.v_gh, self.v_gi, self.v_ghh, self.v_gb = (
+            c.unbind(0) for c in self.gates.split(gate_sizes, dim=2))
+        self.v_giw = self.gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+        self.v_xa, self.v_ha, self.v_uw = self.xa.unbind(0), self.ha.unbind(0), self.uw.unbind(0)
+        self.v_u, self.v_w = self.uw[:, :, 0].unbind(0), self.uw[:, :, 1].unbind(0)
+        self.v_out = self.out.unbind(0)
+        self.v_logits = self.out[:, :, :A].unbind(0)
+        self.v_dact, self.v_slope = self.d_act.unbind(0), self.slope.unbind(0)
+        self.v_di, self.v_df, self.v_dg, self.v_do = (
+            c.unbind(0) for c in self.d_act.split(H, dim=2))
+        self.v_dgates, self.v_dpre = self.d_gates.unbind(0), self.d_pre.unbind(0)
+        self.v_dgx, self.v_dgh, _, _, self.v_dgb = (
+            c.unbind(0) for c in self.d_gates.split(gate_sizes, dim=2))
+        self.v_dgiw = self.d_gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+        self.v_duw = self.d_uw.unbind(0)
+        self.v_du, self.v_dw = self.d_uw[:, :, 0].unbind(0), self.d_uw[:, :, 1].unbind(0)
+
+
 class WarpRNNTape(Unroller):
     """One training episode of a :class:`WarpRNNAgent`, forward step by step without autograd,
     with a hand-written backward through time.
 
-    Every step writes its activations into buffers of shape ``(T, B, ...)``; ``zz[t]`` holds
-    ``[x_t, h_{t-1}, lstm_h_{t-1}]`` (the gating LSTM's input and recurrent state, so that its
-    two matrix products are one), and step ``t`` writes ``h_t`` and ``lstm_h_t`` straight into
-    ``zz[t + 1]``. The episode starts from the zero state, which receives no gradient.
-    The agent's parameters must not change between the first :meth:`step` and the backward pass
-    (checked).
+    Every step writes its activations into buffers of shape ``(T, B, ...)`` (see
+    :class:`_TapeWorkspace`); ``zz[t]`` holds ``[x_t, h_{t-1}, lstm_h_{t-1}]`` (the gating LSTM's
+    input and recurrent state, so that its two matrix products are one), and step ``t`` writes
+    ``h_t`` and ``lstm_h_t`` straight into ``zz[t + 1]``. The episode starts from the zero
+    state, which receives no gradient. The backward pass runs the recurrence in reverse with
+    only the small per-step products, then computes every weight gradient as one matrix product
+    over all ``T * B`` (step, maze) pairs.
+
+    Rules (checked): the agent's parameters must not change between the first :meth:`step` and
+    the backward pass, and an episode must be back-propagated before the agent's next tape of
+    the same shape starts (they share the workspace).
 
     ``tanh(y)`` of the two large pre-activations (the LSTM's cell candidate and the five gates)
     is computed as ``2 sigmoid(2 y) - 1`` with the factor 2 folded into copies of the weights:
@@ -206,78 +270,64 @@ class WarpRNNTape(Unroller):
         with torch.no_grad():
             lstm = agent.gate_lstm
             self.w_lstm = torch.cat((lstm.weight_ih, lstm.weight_hh), dim=1)  # (4H, D + 2H)
-            self.b_lstm = lstm.bias_ih + lstm.bias_hh  # (4H,)
             self.w_proj = agent.gate_proj.weight.detach()  # (D + 4H, H)
             self.w_ih = agent.cell.w_ih.weight.detach()  # (H, D)
             self.w_hh = agent.cell.w_hh.weight.detach()  # (H, H)
             self.bias = agent.cell.bias.detach()  # (H,)
             self.w_heads = torch.cat((agent.policy.weight, agent.value.weight))  # (A + 1, H)
             self.b_heads = torch.cat((agent.policy.bias, agent.value.bias))  # (A + 1,)
-            # Forward copies with the cell candidate's rows (i, f, g, o order) and the
-            # projection doubled, for tanh(y) = 2 sigmoid(2 y) - 1.
-            self.w_lstm2, self.b_lstm2 = self.w_lstm.clone(), self.b_lstm.clone()
-            self.w_lstm2[2 * H:3 * H] *= 2.0
+            # Forward copies, transposed for x @ W.T, with the cell candidate's rows (i, f, g, o
+            # order) and the projection doubled, for tanh(y) = 2 sigmoid(2 y) - 1.
+            w_lstm2 = self.w_lstm.clone()
+            w_lstm2[2 * H:3 * H] *= 2.0
+            self.b_lstm2 = lstm.bias_ih + lstm.bias_hh
             self.b_lstm2[2 * H:3 * H] *= 2.0
-            self.w_proj2 = 2.0 * self.w_proj
+            self.w_lstm2_t, self.w_proj2_t = w_lstm2.T, (2.0 * self.w_proj).T
+            self.w_ih_t, self.w_hh_t, self.w_heads_t = self.w_ih.T, self.w_hh.T, self.w_heads.T
 
-        def buf(*shape: int) -> torch.Tensor:
-            return torch.empty(*shape, device=device, dtype=weight.dtype)
-
-        T, B = length, batch_size
-        self.zz = buf(T + 1, B, D + 2 * H)  # [x_t | h_{t-1} | lstm_h_{t-1}] at row t
-        self.zz[0, :, D:] = 0.0
-        self.lc = buf(T + 1, B, H)  # gating LSTM cell state; lc[t + 1] after step t
-        self.lc[0] = 0.0
-        self.act = buf(T, B, 4 * H)  # LSTM gates after their nonlinearity: i, f, g, o
-        self.tc = buf(T, B, H)  # tanh(lc[t + 1])
-        self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
-        self.xa = buf(T, B, D)  # x * g_x
-        self.ha = buf(T, B, H)  # h_{t-1} * g_h
-        self.uw = buf(T, B, 2, H)  # [u | w] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
-        self.out = buf(T, B, A + 1)  # [logits | value]
-        # Per-step views, made once (indexing a tensor costs more than the small ops here).
-        self.v_zz = self.zz.unbind(0)
-        self.v_x, self.v_h, self.v_lh = (c.unbind(0) for c in self.zz.split((D, H, H), dim=2))
-        self.v_lc, self.v_tc = self.lc.unbind(0), self.tc.unbind(0)
-        self.v_act = self.act.unbind(0)
-        self.v_i, self.v_f, self.v_g, self.v_o = (c.unbind(0) for c in self.act.split(H, dim=2))
-        self.v_gates = self.gates.unbind(0)
-        self.v_gx, self.v_gh, self.v_gi, self.v_ghh, self.v_gb = (
-            c.unbind(0) for c in self.gates.split(agent.gate_sizes, dim=2))
-        self.v_giw = self.gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
-        self.v_xa, self.v_ha, self.v_uw = self.xa.unbind(0), self.ha.unbind(0), self.uw.unbind(0)
-        self.v_u, self.v_w = self.uw[:, :, 0].unbind(0), self.uw[:, :, 1].unbind(0)
-        self.v_out = self.out.unbind(0)
-        self.v_logits = self.out[:, :, :A].unbind(0)
+        key = (length, batch_size, D, H, A, weight.dtype, device)
+        ws = agent._workspace
+        if ws is None or ws.key != key:
+            ws = agent._workspace = _TapeWorkspace(length, batch_size, D, H, A,
+                                                   agent.gate_sizes, weight.dtype, device)
+        ws.generation += 1
+        self.ws, self.generation = ws, ws.generation
+        ws.zz[0, :, D:] = 0.0  # h_{-1} = lstm_h_{-1} = 0
+        ws.lc[0] = 0.0  # lstm_c_{-1} = 0
         self.t = 0
+
+    def _check_workspace(self) -> None:
+        if self.ws.generation != self.generation:
+            raise RuntimeError("a newer WarpRNNTape of this agent has reused this episode's "
+                               "buffers; back-propagate an episode before starting the next")
 
     @torch.no_grad()
     def step(self, obs: torch.Tensor) -> torch.Tensor:
         """One step of :meth:`WarpRNNAgent.forward`; returns logits ``(B, A)`` (a view of the
         tape's buffer: read it before the next step, do not modify it)."""
-        t = self.t
+        t, ws = self.t, self.ws
+        self._check_workspace()
         if t >= self.T:
             raise RuntimeError(f"this tape holds {self.T} steps; step {t} is one too many")
         if obs.shape != (self.B, self.D):
             raise ValueError(f"obs must have shape ({self.B}, {self.D}); got {tuple(obs.shape)}")
-        x, h = self.v_x[t], self.v_h[t]
+        x, h = ws.v_x[t], ws.v_h[t]
         x.copy_(obs)
         # Gating LSTM over [x_t, h_{t-1}] with state (lstm_h, lstm_c).
-        torch.addmm(self.b_lstm2, self.v_zz[t], self.w_lstm2.T, out=self.v_act[t]).sigmoid_()
-        g = self.v_g[t].mul_(2.0).sub_(1.0)  # tanh of the cell candidate
-        c = torch.addcmul(self.v_f[t] * self.v_lc[t], self.v_i[t], g, out=self.v_lc[t + 1])
-        torch.tanh(c, out=self.v_tc[t])
-        lstm_h = torch.mul(self.v_o[t], self.v_tc[t], out=self.v_lh[t + 1])
+        torch.addmm(self.b_lstm2, ws.v_zz[t], self.w_lstm2_t, out=ws.v_act[t]).sigmoid_()
+        g = ws.v_g[t].mul_(2.0).sub_(1.0)  # tanh of the cell candidate
+        c = torch.addcmul(ws.v_f[t] * ws.v_lc[t], ws.v_i[t], g, out=ws.v_lc[t + 1])
+        lstm_h = torch.mul(ws.v_o[t], torch.tanh(c, out=ws.v_tc[t]), out=ws.v_lh[t + 1])
         # The five gates, tanh(W_proj lstm_h).
-        torch.mm(lstm_h, self.w_proj2.T, out=self.v_gates[t]).sigmoid_().mul_(2.0).sub_(1.0)
+        torch.mm(lstm_h, self.w_proj2_t, out=ws.v_gates[t]).sigmoid_().mul_(2.0).sub_(1.0)
         # The fast, gated RNN cell.
-        u = torch.mm(torch.mul(x, self.v_gx[t], out=self.v_xa[t]), self.w_ih.T, out=self.v_u[t])
-        w = torch.mm(torch.mul(h, self.v_gh[t], out=self.v_ha[t]), self.w_hh.T, out=self.v_w[t])
-        pre = (self.v_gb[t] * self.bias).addcmul_(u, self.v_gi[t]).addcmul_(w, self.v_ghh[t])
-        h_new = torch.tanh(pre, out=self.v_h[t + 1])
-        torch.addmm(self.b_heads, h_new, self.w_heads.T, out=self.v_out[t])
+        u = torch.mm(torch.mul(x, ws.v_gx[t], out=ws.v_xa[t]), self.w_ih_t, out=ws.v_u[t])
+        w = torch.mm(torch.mul(h, ws.v_gh[t], out=ws.v_ha[t]), self.w_hh_t, out=ws.v_w[t])
+        pre = (ws.v_gb[t] * self.bias).addcmul_(u, ws.v_gi[t]).addcmul_(w, ws.v_ghh[t])
+        h_new = torch.tanh(pre, out=ws.v_h[t + 1])
+        torch.addmm(self.b_heads, h_new, self.w_heads_t, out=ws.v_out[t])
         self.t = t + 1
-        return self.v_logits[t]
+        return ws.v_logits[t]
 
     def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (T, B, A), values (T, B))`` of the recorded steps, in the autograd graph."""
@@ -288,78 +338,67 @@ class WarpRNNTape(Unroller):
     def backward(self, d_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Back-propagate ``d_out = dL/d[logits | value]`` ``(T, B, A + 1)`` through time;
         returns the gradients of :meth:`WarpRNNAgent.tape_parameters`, in that order."""
+        self._check_workspace()
         if [p._version for p in self.params] != self.versions:
             raise RuntimeError("the agent's parameters changed between the rollout and the "
                                "backward pass; the recorded episode no longer matches them")
-        T, B, D, H, A = self.t, self.B, self.D, self.H, self.A
-        d_out = d_out.contiguous()
-        new = self.zz.new_empty
-        d_act = new(T, B, 4 * H)  # dL/d(LSTM gate pre-activations)
-        d_gates = new(T, B, D + 4 * H)  # dL/d(projection pre-activations)
-        d_pre = new(T, B, H)  # dL/d(fast cell pre-activation)
-        d_uw = new(T, B, 2, H)  # dL/d[u | w]
-        # Derivatives of the LSTM gate nonlinearities, all steps at once:
+        T, B, D, H, A, ws = self.t, self.B, self.D, self.H, self.A, self.ws
+        v_dout = d_out.unbind(0)
+        # Slopes of the LSTM gate nonlinearities, all steps at once:
         # sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - g^2 for the cell candidate.
-        act = self.act[:T]
-        slope = act - act * act
+        act, slope = ws.act[:T], ws.slope[:T]
+        torch.mul(act, act, out=slope).neg_().add_(act)
         g_all = act[..., 2 * H:3 * H]
-        slope[..., 2 * H:3 * H] = 1.0 - g_all * g_all
-        # Per-step views of the gradient buffers.
-        v_dout, v_dact, v_slope = d_out.unbind(0), d_act.unbind(0), slope.unbind(0)
-        v_di, v_df, v_dg, v_do = (c.unbind(0) for c in d_act.split(H, dim=2))
-        v_dgates, v_dpre = d_gates.unbind(0), d_pre.unbind(0)
-        v_dgx, v_dgh, _, _, v_dgb = (c.unbind(0) for c in d_gates.split(self.agent.gate_sizes, 2))
-        v_dgiw = d_gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
-        v_duw = d_uw.unbind(0)
-        v_du, v_dw = d_uw[:, :, 0].unbind(0), d_uw[:, :, 1].unbind(0)
+        torch.mul(g_all, g_all, out=slope[..., 2 * H:3 * H]).neg_().add_(1.0)
 
-        d_h = self.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
-        d_lh = self.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
-        d_lc = self.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
+        d_h = ws.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
+        d_lh = ws.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
+        d_lc = ws.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
         w_state = self.w_lstm[:, D:]  # (4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
         for t in reversed(range(T)):
-            h, gates = self.v_h[t + 1], self.v_gates[t]
+            h, gates = ws.v_h[t + 1], ws.v_gates[t]
             # Heads, then h_t = tanh(pre): dL/dpre = dL/dh (1 - h^2).
             d_h = torch.addmm(d_h, v_dout[t], self.w_heads)
-            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=v_dpre[t])
+            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=ws.v_dpre[t])
             # pre = u * g_i + w * g_hh + b * g_b, u = W_ih (x * g_x), w = W_hh (h_{t-1} * g_h)
             dp2 = dp.unsqueeze(1)
-            torch.mul(dp2, self.v_giw[t], out=v_duw[t])
-            torch.mul(dp2, self.v_uw[t], out=v_dgiw[t])
-            torch.mul(dp, self.bias, out=v_dgb[t])
-            torch.mul(torch.mm(v_du[t], self.w_ih), self.v_x[t], out=v_dgx[t])
-            d_ha = torch.mm(v_dw[t], self.w_hh)
-            torch.mul(d_ha, self.v_h[t], out=v_dgh[t])
+            torch.mul(dp2, ws.v_giw[t], out=ws.v_duw[t])
+            torch.mul(dp2, ws.v_uw[t], out=ws.v_dgiw[t])
+            torch.mul(dp, self.bias, out=ws.v_dgb[t])
+            torch.mul(torch.mm(ws.v_du[t], self.w_ih), ws.v_x[t], out=ws.v_dgx[t])
+            d_ha = torch.mm(ws.v_dw[t], self.w_hh)
+            torch.mul(d_ha, ws.v_h[t], out=ws.v_dgh[t])
             # gates = tanh(W_proj lstm_h)
-            dg = v_dgates[t]
+            dg = ws.v_dgates[t]
             dg.addcmul_(dg * gates, gates, value=-1.0)
             d_lh = torch.addmm(d_lh, dg, self.w_proj)
             # Gating LSTM: c = f * c_prev + i * g, lstm_h = o * tanh(c).
-            tc = self.v_tc[t]
-            k = d_lh * self.v_o[t]
+            tc = ws.v_tc[t]
+            k = d_lh * ws.v_o[t]
             d_c = torch.addcmul(d_lc + k, k * tc, tc, value=-1.0)
-            torch.mul(d_c, self.v_g[t], out=v_di[t])
-            torch.mul(d_c, self.v_lc[t], out=v_df[t])
-            torch.mul(d_c, self.v_i[t], out=v_dg[t])
-            torch.mul(d_lh, tc, out=v_do[t])
-            v_dact[t].mul_(v_slope[t])
-            d_lc = d_c * self.v_f[t]
-            d_state = torch.mm(v_dact[t], w_state)  # (B, 2H)
+            torch.mul(d_c, ws.v_g[t], out=ws.v_di[t])
+            torch.mul(d_c, ws.v_lc[t], out=ws.v_df[t])
+            torch.mul(d_c, ws.v_i[t], out=ws.v_dg[t])
+            torch.mul(d_lh, tc, out=ws.v_do[t])
+            d_act = ws.v_dact[t].mul_(ws.v_slope[t])
+            d_lc = d_c * ws.v_f[t]
+            d_state = torch.mm(d_act, w_state)  # (B, 2H)
             d_lh = d_state[:, H:]
-            d_h = torch.addcmul(d_state[:, :H], d_ha, self.v_gh[t])
+            d_h = torch.addcmul(d_state[:, :H], d_ha, ws.v_gh[t])
+
         # Weight gradients: one product over all T * B (step, maze) pairs per weight.
         def flat(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(T * B, x.shape[-1])
 
-        d_out = flat(d_out)
-        g_heads = d_out.T @ flat(self.zz[1:T + 1, :, D:D + H])  # (A + 1, H)
+        d_out, d_act, d_gates = flat(d_out), flat(ws.d_act[:T]), flat(ws.d_gates[:T])
+        g_heads = d_out.T @ flat(ws.zz[1:T + 1, :, D:D + H])  # (A + 1, H)
         gb_heads = d_out.sum(0)
-        g_w_ih = flat(d_uw[:, :, 0]).T @ flat(self.xa[:T])
-        g_w_hh = flat(d_uw[:, :, 1]).T @ flat(self.ha[:T])
-        g_bias = (flat(d_pre) * flat(self.gates[:T, :, D + 3 * H:])).sum(0)
-        g_proj = flat(d_gates).T @ flat(self.zz[1:T + 1, :, D + H:])
-        g_lstm = flat(d_act).T @ flat(self.zz[:T])  # (4H, D + 2H)
-        gb_lstm = flat(d_act).sum(0)
+        g_w_ih = flat(ws.d_uw[:T, :, 0]).T @ flat(ws.xa[:T])
+        g_w_hh = flat(ws.d_uw[:T, :, 1]).T @ flat(ws.ha[:T])
+        g_bias = (flat(ws.d_pre[:T]) * flat(ws.gates[:T, :, D + 3 * H:])).sum(0)
+        g_proj = d_gates.T @ flat(ws.zz[1:T + 1, :, D + H:])
+        g_lstm = d_act.T @ flat(ws.zz[:T])  # (4H, D + 2H)
+        gb_lstm = d_act.sum(0)
         return (g_w_ih, g_w_hh, g_bias, g_heads[:A], gb_heads[:A], g_heads[A:], gb_heads[A:],
                 g_lstm[:, :D + H], g_lstm[:, D + H:], gb_lstm, gb_lstm.clone(), g_proj)
 
@@ -370,8 +409,8 @@ class _WarpRNNBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tape: WarpRNNTape, *params: torch.Tensor) -> torch.Tensor:
         ctx.tape = tape
-        return tape.out[:tape.t]
+        return tape.ws.out[:tape.t].clone()  # a copy: the workspace is reused next episode
 
     @staticmethod
     def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, *ctx.tape.backward(d_out))
+        return (None, *ctx.tape.backward(d_out.contiguous()))

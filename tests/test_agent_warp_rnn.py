@@ -156,6 +156,21 @@ def test_tape_refuses_stale_weights_and_extra_steps():
         (logits.sum() + values.sum()).backward()
 
 
+def test_tape_workspace_is_reused_but_never_shared_by_two_live_episodes():
+    agent = WarpRNNAgent(D, A, H)
+    first = agent.unroller(2, 3)
+    first.step(torch.rand(2, D))
+    logits, values = first.outputs()
+    second = agent.unroller(2, 3)  # same shape: takes the workspace over
+    assert second.ws is first.ws
+    with pytest.raises(RuntimeError, match="newer WarpRNNTape"):
+        (logits.sum() + values.sum()).backward()
+    with pytest.raises(RuntimeError, match="newer WarpRNNTape"):
+        first.step(torch.rand(2, D))
+    other = agent.unroller(4, 3)  # another shape gets fresh buffers
+    assert other.ws is not first.ws
+
+
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="hidden_size"):
         WarpRNNAgent(D, A, 0)
