@@ -264,3 +264,28 @@ def test_vmap_and_loop_agree_with_normalisation_layers(norm: type[nn.Module]) ->
         grads.append([p.grad.clone() for p in model.warp_parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_batching_falls_back_to_the_loop_when_vmap_disagrees(monkeypatch) -> None:
+    """'auto' checks vmap against the loop once; a wrong vmap result means: loop, with a warning."""
+    real = warp_rl.objectives.meta_gradient
+
+    def wrong_when_vmapped(state_loss, meta, states, data, use_vmap, chunk_size=None):
+        grads, losses = real(state_loss, meta, states, data, use_vmap, chunk_size)
+        if use_vmap:
+            grads = torch.utils._pytree.tree_map(lambda g: g * 1.1, grads)
+        return grads, losses
+
+    monkeypatch.setattr(warp_rl.objectives, "meta_gradient", wrong_when_vmapped)
+    model, net, b1, b2 = _adapted_warp("algorithm2", batching="auto")
+    states = [s for rec in model.buffer.tasks for s in rec.states]
+    phi = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()
+           if k in WARP}
+    alpha = model.step_size.detach()
+    loss = sum(ref_algorithm2(s.params, phi, b1, b2, alpha) for s in states) / len(states)
+    ref = torch.autograd.grad(loss, [phi[k] for k in WARP])
+    with pytest.warns(RuntimeWarning, match="differ from the loop"):
+        info = model.backward()
+    assert info.batching == "loop"
+    for k, r in zip(WARP, ref, strict=True):
+        torch.testing.assert_close(dict(net.named_parameters())[k].grad, r, rtol=1e-9, atol=1e-12)

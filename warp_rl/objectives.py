@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 Tensors = dict[str, torch.Tensor]
 #: ``loss_fn(tensors, x, y) -> scalar``: the task loss of the module run with ``tensors``
@@ -88,6 +88,7 @@ def algorithm2_loss(
     buffers: Mapping[str, torch.Tensor] | None = None,
     momenta: Mapping[str, torch.Tensor | float] | None = None,
     momentum_buffers: Mapping[str, torch.Tensor] | None = None,
+    functional: bool = True,
 ) -> torch.Tensor:
     """WarpGrad's Algorithm 2 loss at one replayed state ``theta`` (held constant).
 
@@ -101,6 +102,9 @@ def algorithm2_loss(
         buffers: module buffers (e.g. batch-norm statistics) by name.
         momenta, momentum_buffers: optional momentum per name and the optimiser's momentum
             buffer at ``theta_k``.
+        functional: take the inner gradient with ``torch.func.grad`` (composes with ``vmap``
+            and ``torch.func.grad`` outside) or with ``torch.autograd.grad(create_graph=True)``
+            (for a plain-autograd outer gradient; about a quarter less memory).
 
     Returns:
         Scalar ``L(theta_k - alpha * (mu * m_k + grad L(theta_k; batch1)); batch2)``.
@@ -111,7 +115,16 @@ def algorithm2_loss(
     def inner(th: Tensors, buf: Tensors) -> torch.Tensor:
         return loss_fn({**th, **phi, **buf}, *batch1)
 
-    g = grad(inner)(theta, _cloned(buffers))
+    if functional:
+        g = grad(inner)(theta, _cloned(buffers))
+    else:
+        th = {k: v.requires_grad_(True) for k, v in theta.items()}  # fresh detached leaves
+        gs = torch.autograd.grad(
+            inner(th, _cloned(buffers)), list(th.values()), create_graph=True, allow_unused=True
+        )
+        g = {k: torch.zeros_like(v) if gk is None else gk
+             for (k, v), gk in zip(th.items(), gs, strict=True)}
+        theta = {k: v.detach() for k, v in th.items()}
     stepped = sgd_step(theta, g, step_sizes, momenta, momentum_buffers)
     return loss_fn({**stepped, **phi, **_cloned(buffers)}, *batch2)
 
@@ -128,9 +141,10 @@ def first_order_loss(
     return loss_fn({**theta, **phi, **_cloned(buffers or {})}, *batch)
 
 
-#: ``state_loss(meta, state, data) -> scalar``: the objective at one replayed state. ``meta``
-#: holds the tensors differentiated (a pytree), ``state`` and ``data`` are per-state pytrees
-#: (for vmap, every leaf gets a leading meta-batch dimension).
+#: ``state_loss(meta, state, data, functional) -> scalar``: the objective at one replayed
+#: state. ``meta`` holds the tensors differentiated (a pytree), ``state`` and ``data`` are
+#: per-state pytrees (for vmap, every leaf gets a leading meta-batch dimension); ``functional``
+#: says whether inner gradients must use ``torch.func`` (see :func:`algorithm2_loss`).
 StateLoss = Callable[[Any, Any, Any], torch.Tensor]
 
 
@@ -149,7 +163,8 @@ def meta_gradient(
         meta: pytree of tensors to differentiate (warp parameters, step sizes, ...).
         states, data: pytrees whose leaves have a leading dimension ``S`` (the meta-batch).
         use_vmap: ``True`` evaluates the states in one ``vmap`` (at most ``chunk_size`` at a
-            time); ``False`` loops over them, holding one state's graph at a time.
+            time) under ``torch.func.grad``; ``False`` loops over them with plain autograd,
+            holding one state's graph at a time.
 
     Returns:
         ``(grads, losses)``: the summed gradient (same pytree as ``meta``) and the per-state
@@ -163,8 +178,14 @@ def meta_gradient(
         return tree_map(lambda t: t[sl], tree)
 
     def summed(m: Any, s: Any, d: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        per = vmap(state_loss, in_dims=(None, 0, 0), randomness="different")(m, s, d)
+        per = vmap(
+            lambda m_, s_, d_: state_loss(m_, s_, d_, True),
+            in_dims=(None, 0, 0),
+            randomness="different",
+        )(m, s, d)
         return per.sum(), per.detach()
+
+    leaves, spec = tree_flatten(meta)
 
     step = (chunk_size or num) if use_vmap else 1
     for start in range(0, num, step):
@@ -173,7 +194,14 @@ def meta_gradient(
             g, per = grad(summed, has_aux=True)(meta, index(states, part), index(data, part))
             losses.append(per)
         else:
-            g, value = grad_and_value(state_loss)(meta, index(states, start), index(data, start))
+            req = [t.detach().requires_grad_(True) for t in leaves]
+            value = state_loss(tree_unflatten(req, spec), index(states, start),
+                               index(data, start), False)
+            gs = torch.autograd.grad(value, req, allow_unused=True)
+            g = tree_unflatten(
+                [torch.zeros_like(t) if gt is None else gt for t, gt in zip(req, gs, strict=True)],
+                spec,
+            )
             losses.append(value.detach().reshape(1))
         total = g if total is None else tree_map(torch.add, total, g)
     return total, torch.cat(losses)
