@@ -86,7 +86,8 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         env_backend: ``auto`` (numpy on CPU, torch on CUDA), ``numpy`` or ``torch``.
         checkpoint_every: write the checkpoint every this many episodes (and at the end).
-        threads: torch CPU threads (1 is fastest for the paper's small matrices).
+        threads: torch CPU threads (1 by default: the paper's matrices are small; run one seed
+            per core instead).
     """
 
     agent: str = "warp"

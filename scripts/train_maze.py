@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode-length", type=int, help="steps per episode")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1, the fastest "
-                   "for these small matrices)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1; at batch 30 "
+                   "the matrices are small, so run one seed per core instead)")
     p.add_argument("--paper", action="store_true", help="the paper's configuration")
     p.add_argument("--out", type=Path, help="output folder (default: runs/maze/AGENT-seedSEED"
                    "[-paper])")
