@@ -31,6 +31,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,24 +156,8 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
     return float(np.sum(rewards)) / b
 
 
-def _timed(run_episode, warmup: int, episodes: int, device: torch.device
-           ) -> tuple[float, float]:
-    """Median wall-clock and median process CPU seconds of ``episodes`` calls."""
-    for _ in range(warmup):
-        run_episode()
-    wall, cpu = [], []
-    for _ in range(episodes):
-        w, c = time.perf_counter(), time.process_time()
-        run_episode()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return float(np.median(wall)), float(np.median(cpu))
-
-
-def time_original(cfg: TrainConfig, warmup: int, episodes: int) -> tuple[float, float]:
-    """Seconds per training episode of the original style: (wall, CPU)."""
+def original_runner(cfg: TrainConfig) -> Callable[[], None]:
+    """One training episode of the original style per call."""
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     agent = WarpRNNAgent(17, 4, cfg.hidden_size).to(device)
@@ -188,20 +173,34 @@ def time_original(cfg: TrainConfig, warmup: int, episodes: int) -> tuple[float, 
         original_style_episode(agent, mazes, fast_opt, warp_opt, warp_params, warp_sum,
                                next(counter), cfg)
 
-    return _timed(run, warmup, episodes, device)
+    return run
 
 
-def time_trainer(cfg: TrainConfig, warmup: int, episodes: int, fused: bool = True
-                 ) -> tuple[float, float]:
-    """Seconds per training episode of :class:`agents.trainer.Trainer`: (wall, CPU).
+def trainer_runner(cfg: TrainConfig, out: str, fused: bool = True) -> Callable[[], None]:
+    """One :meth:`agents.trainer.Trainer.train_episode` per call; ``fused=False`` trains
+    through autograd per step instead of the Warp-RNN's fused tape."""
+    trainer = Trainer(cfg, out)
+    trainer.agent.fused_unroll = fused
+    return trainer.train_episode
 
-    ``fused=False`` trains through autograd per step instead of the Warp-RNN's fused tape."""
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out)
-        trainer.agent.fused_unroll = fused
-        result = _timed(trainer.train_episode, warmup, episodes, torch.device(cfg.device))
-        trainer.close()
-    return result
+
+def time_interleaved(runners: dict[str, Callable[[], None]], warmup: int, episodes: int,
+                     device: torch.device) -> dict[str, tuple[float, float]]:
+    """Median wall-clock and process-CPU seconds per call of each runner. The runners take
+    turns, episode by episode, so that a change in the machine's load hits them alike."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    for _ in range(episodes):
+        for name, run in runners.items():
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - w, time.process_time() - c))
+    return {name: (float(np.median([t[0] for t in ts])), float(np.median([t[1] for t in ts])))
+            for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,13 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                           warmup_episodes=0, threads=args.threads, episodes=1,
                           device=args.device)
         steps = batch * args.episode_length
-        rows = []
-        if batch <= args.skip_original_above:
-            rows.append(("original", time_original(cfg, args.warmup, args.episodes)))
-        rows.append(("autograd", time_trainer(cfg, args.warmup, args.episodes, fused=False)))
-        rows.append(("trainer", time_trainer(cfg, args.warmup, args.episodes, fused=True)))
-        base = rows[0][1][0] if rows[0][0] == "original" else float("nan")
-        for name, (wall, cpu) in rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            runners = {}
+            if batch <= args.skip_original_above:
+                runners["original"] = original_runner(cfg)
+            runners["autograd"] = trainer_runner(cfg, f"{tmp}/autograd", fused=False)
+            runners["trainer"] = trainer_runner(cfg, f"{tmp}/trainer", fused=True)
+            results = time_interleaved(runners, args.warmup, args.episodes,
+                                       torch.device(args.device))
+        base = results["original"][0] if "original" in results else float("nan")
+        for name, (wall, cpu) in results.items():
             print(f"{batch:>6} {name:>9} {wall:>10.3f} {cpu:>9.3f} {steps / wall:>14.0f} "
                   f"{base / wall:>8.2f}x", flush=True)
 
