@@ -10,7 +10,10 @@ test.json is grouped by its meta-model; the table goes to stdout and next to the
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, not installed
 
 from warp_rl.omniglot.plots import collect_runs, plot_comparison, table
 from warp_rl.utils import atomic_write_text

@@ -11,6 +11,11 @@ Outputs in --out: config.json, train.csv, val.csv, checkpoint.pt, test.json, tes
 test_curve.csv, curves.png (and oneshot results in test.json with --one-shot).
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, not installed
+
 from warp_rl.omniglot.train import main
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,6 +126,12 @@ class TaskResults:
             if self.train_acc.shape[1]
             else float("nan"),
         }
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -591,6 +598,7 @@ class WarpLearner(MetaLearner):
         )
         self.outer_opt = outer.make(self.warp.meta_parameters())
         self.last_info = None
+        self.last_times: dict[str, float] = {}
 
     def init_task(self) -> None:
         self.warp.init_adaptation()
@@ -610,8 +618,11 @@ class WarpLearner(MetaLearner):
         return super().evaluate(tasks)
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        t0 = time.perf_counter()
         self.warp.collect()
         results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
+        _synchronize(self.device)
+        t1 = time.perf_counter()
 
         def step_fn() -> None:
             self.outer_opt.step()
@@ -619,6 +630,8 @@ class WarpLearner(MetaLearner):
 
         self.last_info = self.warp.backward(step_fn)
         self.warp.no_collect()
+        _synchronize(self.device)
+        self.last_times = {"adapt_s": t1 - t0, "meta_update_s": time.perf_counter() - t1}
         return TaskResults.cat(results)
 
     def state_dict(self) -> dict:
