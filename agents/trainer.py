@@ -29,6 +29,16 @@ Reproducibility: every episode's maze layout/goals and action noise come from se
 A checkpoint (model, both optimisers, the warp gradient sum, every RNG state, the episode counter
 and the byte length of the CSV log) lets ``resume`` continue exactly where a straight run would
 be; on CPU, 2N episodes straight and N + resume to 2N give identical parameters and log.
+
+Data-parallel training (``torchrun --nproc_per_node=P scripts/train_maze.py``, see
+:mod:`warp_rl.distributed`): each of the P ranks steps ``batch_size / P`` mazes (``batch_size``
+is the global batch and must be divisible by P) with its own seeds, ``episode_seeds(seed,
+episode, rank)``; after ``backward`` the gradients are averaged over the ranks *before*
+clipping, so every rank clips, steps and accumulates the same gradient as a single process
+would on the concatenated batch (the A2C loss is a mean over mazes), and all ranks keep
+identical parameters. The logged loss and reward are global (means over all mazes). Rank 0
+alone writes the log and the checkpoint, which holds every rank's RNG states; ``resume`` gives
+every rank rank 0's checkpoint and needs the same number of ranks.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from torch import nn
 from agents import AGENTS, make_agent
 from agents.a2c import GAMMA, PENALTY_COEF, VALUE_COEF, A2CLoss, a2c_loss
 from agents.base import RecurrentAgent
-from warp_rl import Partition, partition
+from warp_rl import Partition, distributed, partition
 from warp_rl.utils import atomic_save, atomic_write_bytes, seed_everything
 
 NUM_ACTIONS = 4
@@ -212,15 +222,18 @@ class TorchBatchEnv:
         return obs, reward.float()
 
 
-def make_batch_env(config: TrainConfig) -> BatchEnv:
-    """The batched maze for ``config`` (see :attr:`TrainConfig.env_backend`)."""
-    device = torch.device(config.device)
+def make_batch_env(config: TrainConfig, num_envs: int | None = None,
+                   device: torch.device | None = None) -> BatchEnv:
+    """The batched maze for ``config`` (see :attr:`TrainConfig.env_backend`): ``num_envs``
+    mazes (default ``config.batch_size``) on ``device`` (default ``config.device``)."""
+    device = torch.device(config.device) if device is None else device
+    num_envs = config.batch_size if num_envs is None else num_envs
     backend = config.env_backend
     if backend == "auto":
         backend = "numpy" if device.type == "cpu" else "torch"
     if backend == "numpy":
-        return NumpyBatchEnv(config.batch_size, config.maze_size, config.episode_length)
-    return TorchBatchEnv(config.batch_size, config.maze_size, config.episode_length, device)
+        return NumpyBatchEnv(num_envs, config.maze_size, config.episode_length)
+    return TorchBatchEnv(num_envs, config.maze_size, config.episode_length, device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,9 +248,12 @@ class Rollout(NamedTuple):
     rewards: torch.Tensor  # (T, B) float32, rewards[t] earned by actions[t]
 
 
-def episode_seeds(seed: int, episode: int) -> tuple[int, int]:
-    """``(env_seed, sample_seed)`` of an episode: a function of ``(seed, episode)`` only."""
-    env_seed, sample_seed = np.random.SeedSequence([seed, episode]).generate_state(2)
+def episode_seeds(seed: int, episode: int, rank: int = 0) -> tuple[int, int]:
+    """``(env_seed, sample_seed)`` of an episode on rank ``rank``: a function of ``(seed,
+    episode, rank)`` only. Rank 0 (and a single process) uses ``SeedSequence([seed, episode])``,
+    rank ``r > 0`` uses ``SeedSequence([seed, episode, r])``."""
+    entropy = [seed, episode] if rank == 0 else [seed, episode, rank]
+    env_seed, sample_seed = np.random.SeedSequence(entropy).generate_state(2)
     return int(env_seed), int(sample_seed)
 
 
@@ -366,6 +382,19 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradient became NaN/inf; no optimiser step was taken."""
 
 
+class _NoLog:
+    """The log of ranks other than 0: they write nothing."""
+
+    def append(self, row: dict[str, Any]) -> None:
+        pass
+
+    def sync(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Trains a :class:`~agents.base.RecurrentAgent` on the maze (see the module docstring).
 
@@ -381,10 +410,13 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
-        self.device = torch.device(config.device)
+        # Under torchrun: this rank's share of the mazes and its GPU (see warp_rl.distributed).
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.local_batch_size = distributed.even_share(config.batch_size, "batch_size")
+        self.device = distributed.local_device(config.device)
         torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        self.env = make_batch_env(config)
+        self.env = make_batch_env(config, self.local_batch_size, self.device)
         if agent is None:
             agent = make_agent(config.agent, obs_dim=self.env.obs_dim, num_actions=NUM_ACTIONS,
                                hidden_size=config.hidden_size)
@@ -392,6 +424,7 @@ class Trainer:
             raise ValueError(f"agent.obs_dim={agent.obs_dim} but the maze gives "
                              f"observations of length {self.env.obs_dim}")
         self.agent = agent.to(self.device)
+        distributed.broadcast_module_(self.agent)  # same start on every rank
         self.partition, self.fast_opt, self.warp_opt = make_optimizers(
             self.agent, config.lr, config.warp_lr)
         self.params = [p for p in self.agent.parameters() if p.requires_grad]
@@ -404,8 +437,10 @@ class Trainer:
         self.recent_rewards: deque[float] = deque(maxlen=100)
         if _resume is not None:
             self._load_state(_resume)
-        self.log = CSVLog(self.out_dir / LOG_NAME,
-                          resume_bytes=None if _resume is None else _resume["log_bytes"])
+        self.log: CSVLog | _NoLog = _NoLog()
+        if distributed.is_main():
+            self.log = CSVLog(self.out_dir / LOG_NAME,
+                              resume_bytes=None if _resume is None else _resume["log_bytes"])
         self.last_checkpoint_episode = self.episode if _resume is not None else -1
 
     # --------------------------------------------------------------------------------------------
@@ -430,7 +465,7 @@ class Trainer:
         the loss or the gradient is not finite.
         """
         cfg, episode = self.config, self.episode
-        env_seed, sample_seed = episode_seeds(cfg.seed, episode)
+        env_seed, sample_seed = episode_seeds(cfg.seed, episode, self.rank)
         self.generator.manual_seed(sample_seed)
 
         start = time.perf_counter()
@@ -443,12 +478,18 @@ class Trainer:
         for p in self.params:
             p.grad = None
         loss.total.backward()
+        if self.world_size > 1:  # the mean of the ranks' mean-loss gradients, before clipping
+            distributed.average_gradients_(self.params)
         grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         # One host sync per episode: the numbers for the log and the finiteness check.
         episode_reward = rollout.rewards.sum(0)
-        numbers = torch.stack([loss.total.detach(), loss.policy.detach(), loss.value.detach(),
-                               loss.penalty.detach(), grad_norm.detach(),
-                               episode_reward.mean(), episode_reward.std(correction=0)]).tolist()
+        if self.world_size > 1:
+            numbers = self._global_numbers(loss, grad_norm, episode_reward)
+        else:
+            numbers = torch.stack([loss.total.detach(), loss.policy.detach(),
+                                   loss.value.detach(), loss.penalty.detach(), grad_norm.detach(),
+                                   episode_reward.mean(), episode_reward.std(correction=0)]
+                                  ).tolist()
         total, policy, value, penalty, norm, reward_mean, reward_std = numbers
         if not (math.isfinite(total) and math.isfinite(norm)):
             raise NonFiniteLossError(
@@ -482,6 +523,22 @@ class Trainer:
             "wall_s": self.wall_s,
         }
 
+    def _global_numbers(self, loss: A2CLoss, grad_norm: torch.Tensor,
+                        episode_reward: torch.Tensor) -> list[float]:
+        """The log's numbers over all ranks' mazes: the loss parts averaged over ranks (equal
+        shares: the mean over all mazes), the reward's mean and population std over all mazes;
+        ``grad_norm`` is already global (taken after the gradient average)."""
+        local = torch.stack([loss.total.detach(), loss.policy.detach(), loss.value.detach(),
+                             loss.penalty.detach()]).double()
+        reward = episode_reward.double()
+        stats = torch.cat([local, torch.stack([reward.sum(), reward.pow(2).sum()])])
+        total = distributed.all_reduce_sum(stats, "all_reduce of the episode's log numbers")
+        parts = (total[:4] / self.world_size).tolist()
+        count = self.config.batch_size
+        mean = float(total[4]) / count
+        std = math.sqrt(max(float(total[5]) / count - mean * mean, 0.0))
+        return [*parts[:4], float(grad_norm), mean, std]
+
     def train(self, until_episode: int | None = None, progress: bool = True) -> None:
         """Train until ``until_episode`` episodes are done (default ``config.episodes``).
 
@@ -493,7 +550,8 @@ class Trainer:
 
         cfg = self.config
         until = cfg.episodes if until_episode is None else until_episode
-        bar = tqdm(total=until, initial=self.episode, disable=not progress, unit="ep",
+        bar = tqdm(total=until, initial=self.episode, unit="ep",
+                   disable=not (progress and distributed.is_main()),
                    dynamic_ncols=True, desc=f"{cfg.agent} seed {cfg.seed}")
         try:
             while self.episode < until:
@@ -542,11 +600,23 @@ class Trainer:
             "log_bytes": self.log.sync(),
             "wall_s": self.wall_s,
             "recent_rewards": list(self.recent_rewards),
+            **self._distributed_state(rng),
         }
 
+    def _distributed_state(self, rng: dict[str, Any]) -> dict[str, Any]:
+        """Under torchrun: the number of ranks and every rank's RNG states (gathered; a
+        collective, so every rank calls it); nothing for a single process."""
+        if self.world_size == 1:
+            return {}
+        return {"world_size": self.world_size,
+                "rank_rng": distributed.all_gather_object(rng, "all_gather of RNG states")}
+
     def save_checkpoint(self) -> Path:
-        """Write ``out_dir/checkpoint.pt`` atomically (a crash mid-write keeps the old one)."""
-        atomic_save(self.state_dict(), self.checkpoint_path)
+        """Write ``out_dir/checkpoint.pt`` atomically (a crash mid-write keeps the old one).
+        Under torchrun every rank calls it (the RNG states are gathered) and rank 0 writes."""
+        state = self.state_dict()
+        if distributed.is_main():
+            atomic_save(state, self.checkpoint_path)
         self.last_checkpoint_episode = self.episode
         return self.checkpoint_path
 
@@ -563,6 +633,12 @@ class Trainer:
         return "the parameters are not finite and no checkpoint had been written"
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"the checkpoint was written by a run on {saved_world} process(es); resume it "
+                f"on {saved_world}, not {self.world_size} (the batch split and the ranks' seeds "
+                "depend on the number of processes)")
         self.agent.load_state_dict(ckpt["agent"])
         self.fast_opt.load_state_dict(ckpt["fast_opt"])
         if (ckpt["warp_opt"] is None) != (self.warp_opt is None):
@@ -571,7 +647,7 @@ class Trainer:
             self.warp_opt.load_state_dict(ckpt["warp_opt"])
         for g, saved in zip(self.warp_grad_sum, ckpt["warp_grad_sum"], strict=True):
             g.copy_(saved)
-        rng = ckpt["rng"]
+        rng = ckpt["rng"] if self.world_size == 1 else ckpt["rank_rng"][self.rank]
         torch.set_rng_state(rng["torch"])
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
@@ -597,7 +673,8 @@ class Trainer:
             agent: a fresh agent instance if the run was started with one.
         """
         out_dir = Path(out_dir)
-        ckpt = load_checkpoint(out_dir / CHECKPOINT_NAME)
+        # Under torchrun rank 0 reads the file and every rank gets its content.
+        ckpt = distributed.run_on_rank0(load_checkpoint, out_dir / CHECKPOINT_NAME)
         config = TrainConfig(**ckpt["config"])
         for name, value in (overrides or {}).items():
             if not hasattr(config, name):

@@ -9,6 +9,13 @@ Writes to --out: log.csv (one row per episode), checkpoint.pt (every --checkpoin
 and at the end; atomic), config.json, learning_curve.png (at the end).
 --resume continues the run in --out exactly where its checkpoint left off; only --episodes,
 --checkpoint-every, --threads and --device may differ from the original run.
+
+On several processes, GPUs or nodes (docs/readme/distributed.md):
+
+    torchrun --nproc_per_node=2 scripts/train_maze.py --batch-size 30 --out runs/maze/ddp2
+
+--batch-size stays the global number of mazes per episode; each of the P ranks steps
+batch-size / P of them, gradients are averaged over ranks before clipping, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from agents.trainer import (
     read_log,
     save_learning_curve,
 )
+from warp_rl import distributed
 from warp_rl.utils import atomic_write_text
 
 # The paper's configuration (REFERENCE.md): every number can still be overridden by a flag.
@@ -81,12 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in --out even if it holds a run")
     p.add_argument("--no-plot", action="store_true", help="skip the learning-curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                   help="under torchrun: seconds a rank waits for the others in a collective "
+                   "before failing with an error (default: %(default)g)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        distributed.init_from_env(args.dist_timeout)  # no-op without torchrun
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        return run(parser, args)
+    except distributed.DistributedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Train as ``args`` say (on this rank, under torchrun; rank 0 alone writes and prints)."""
+    main_rank = distributed.is_main()
+    if not main_rank:  # every rank reaches the same errors; only rank 0 prints them
+        parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
@@ -105,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = TrainConfig(**{**preset, **explicit})
             config.validate()
-            existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
-            if existing and not args.overwrite:
-                parser.error(f"{out} already holds a run ({', '.join(existing)}); pass --resume "
-                             "to continue it, --overwrite to start over, or another --out")
-            for name in (CHECKPOINT_NAME, LOG_NAME, CURVE_NAME):
-                (out / name).unlink(missing_ok=True)
+
+            def clear_out() -> None:
+                existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
+                if existing and not args.overwrite:
+                    parser.error(f"{out} already holds a run ({', '.join(existing)}); pass "
+                                 "--resume to continue it, --overwrite to start over, or another "
+                                 "--out")
+                for name in (CHECKPOINT_NAME, LOG_NAME, CURVE_NAME):
+                    (out / name).unlink(missing_ok=True)
+
+            distributed.run_on_rank0(clear_out)  # rank 0's folder decides, for every rank
             trainer = Trainer(config, out)
     except FileNotFoundError as err:
         parser.error(f"{err}; nothing to resume in {out} (start without --resume)")
@@ -118,15 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
 
     config = trainer.config
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
-    print(f"training {config.agent} (seed {config.seed}) for {config.episodes} episodes of "
-          f"{config.batch_size} mazes {config.maze_size}x{config.maze_size}, "
-          f"{config.episode_length} steps, on {config.device}; writing to {out}"
-          + (f"; resuming at episode {trainer.episode}" if args.resume else ""))
+    world = distributed.world_size()
+    if main_rank:
+        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        print(f"training {config.agent} (seed {config.seed}) for {config.episodes} episodes of "
+              f"{config.batch_size} mazes {config.maze_size}x{config.maze_size}, "
+              f"{config.episode_length} steps, on {config.device}; writing to {out}"
+              + (f"; {world} processes of {config.batch_size // world} mazes" if world > 1
+                 else "")
+              + (f"; resuming at episode {trainer.episode}" if args.resume else ""))
     try:
         trainer.train(progress=not args.quiet)
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if main_rank:
+            print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume --out {out} (from the last checkpoint)",
@@ -135,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.close()
 
+    if not main_rank:
+        return 0
     log = read_log(out / LOG_NAME)
     last = log["reward_mean"][-100:]
     random_reward = random_play_reward(config)
