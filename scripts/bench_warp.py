@@ -16,9 +16,11 @@ on pixel values).
    buffer itself (adaptation states, on CPU, filled during adaptation) is listed separately.
 2. Speed: time per replayed state of the meta-update. Baseline, written here the way the
    original did it: for every state, load it into the module's state dict, build a new
-   ``DataLoader`` over the task's dataset (with the Omniglot per-image random affine
-   transform) and draw two batches, then Algorithm 2 with autograd on the module and one
-   meta-optimiser step. This implementation: the task's batches are cached once at
+   ``DataLoader`` over the task's dataset and draw two batches (by default, ``--baseline-data
+   png``, each image is read from its 28x28 PNG file and distorted with PIL item by item, as the
+   original's torchvision-style Omniglot dataset did; ``memory`` keeps the images in memory
+   and distorts them with torch, a cheaper baseline), then Algorithm 2 with autograd on the
+   module and one meta-optimiser step. This implementation: the task's batches are cached once at
    ``register_task`` (its cost is included, amortised over the task's states), states are
    replayed functionally, one meta-step per state (``meta_batch_size=1``) or in vmapped
    meta-batches.
@@ -34,12 +36,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.func import functional_call
 from torch.profiler import ProfilerActivity, profile
@@ -97,6 +103,39 @@ class AffineImages(Dataset):
         return F.grid_sample(img, grid, align_corners=False)[0], self.labels[i]
 
 
+class PNGAffineImages(Dataset):
+    """The original pipeline, item by item: each access opens the image's 28x28 PNG file from
+    disk with PIL (as torchvision's ``Omniglot`` dataset did), applies a random affine
+    distortion with PIL (``RandomAffine((0, 360), (0.2, 0.2), (0.8, 1.2))``) and converts it to
+    a float tensor (``ToTensor``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = []
+        for i, img in enumerate(images):
+            path = folder / f"{i:05d}.png"
+            Image.fromarray(img.numpy()).save(path)
+            self.paths.append(path)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = Image.open(self.paths[i], mode="r").convert("L")
+        angle = float(torch.rand(())) * 360.0
+        scale = 0.8 + 0.4 * float(torch.rand(()))
+        dx, dy = ((torch.rand(2) - 0.5) * 0.4 * 28).tolist()
+        img = img.rotate(angle, resample=Image.NEAREST, translate=(dx, dy))
+        w, h = img.size
+        inv = 1.0 / scale  # scale about the centre: output pixel -> input pixel
+        img = img.transform((w, h), Image.AFFINE,
+                            (inv, 0, w / 2 * (1 - inv), 0, inv, h / 2 * (1 - inv)),
+                            resample=Image.NEAREST)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+        return x, self.labels[i]
+
+
 class RandomSampler(Sampler[int]):
     """The original's sampler: ``iterations * batch_size`` random indices per pass."""
 
@@ -117,7 +156,7 @@ def make_dataset(classes: int, per_class: int, seed: int) -> AffineImages:
     return AffineImages(images, labels)
 
 
-def loader(ds: AffineImages, batch: int, iterations: int, workers: int) -> DataLoader:
+def loader(ds: Dataset, batch: int, iterations: int, workers: int) -> DataLoader:
     return DataLoader(ds, batch, sampler=RandomSampler(len(ds), iterations, batch),
                       num_workers=workers)
 
@@ -222,7 +261,11 @@ def collect_states(args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     net, adapt, warp = conv_model(args.filters, args.classes)
     net.to(device)
-    datasets = [make_dataset(args.classes, 15, t) for t in range(args.speed_tasks)]
+    datasets: list[Dataset] = [make_dataset(args.classes, 15, t) for t in range(args.speed_tasks)]
+    if args.baseline_data == "png":  # same images, read back from PNG files item by item
+        folder = Path(tempfile.mkdtemp(prefix="bench_warp_png_"))
+        datasets = [PNGAffineImages(ds.images, ds.labels, folder / f"task{t}")
+                    for t, ds in enumerate(datasets)]
     updater = warp_rl.DualUpdater(nn.CrossEntropyLoss(), init_objective=None)
     model = warp_rl.Warp(net, adapt, warp, updater, warp_rl.ReplayBuffer(), step_size=args.lr)
     states: list[tuple[int, dict[str, torch.Tensor]]] = []
@@ -314,6 +357,10 @@ def main() -> None:
                         help="DualUpdater batching for the meta-batched row (speed)")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader workers (the original's default: 0)")
+    parser.add_argument("--baseline-data", default="png", choices=["png", "memory"],
+                        help="speed: images read from 28x28 PNG files with a PIL affine per item "
+                             "(png, the original's pipeline) or held in memory with a torch "
+                             "affine per item (memory)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
@@ -343,7 +390,8 @@ def main() -> None:
     if not args.skip_speed:
         model, datasets, states = collect_states(args, device)
         print(f"\nTime per replayed state of the meta-update ({len(states)} states, "
-              f"{args.speed_tasks} tasks, DataLoader workers {args.workers})")
+              f"{args.speed_tasks} tasks, {args.baseline_data} data, "
+              f"DataLoader workers {args.workers})")
         time_baseline(model, datasets, states[:2], args, device)  # warm-up
         base = time_baseline(model, datasets, states, args, device)
         print(f"{'method':<62} | {'ms/state':>8} | {'speed-up':>8}")
