@@ -35,13 +35,14 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return root, base / "cache"
 
 
-def argv(data, out, *extra) -> list[str]:
+def argv(data, out, method, *extra) -> list[str]:
     root, cache = data
+    warp = ["--warp-filters", "8", "--warp-meta-batch-size", "3"] if "warp" in method else []
     return ["--data-root", str(root), "--cache-dir", str(cache), "--out", str(out),
-            "--num-pretrain", "3", "--task-steps", "2", "--task-batch-size", "5",
-            "--meta-batch-size", "2", "--num-filters", "8", "--warp-filters", "8",
-            "--val-tasks", "1", "--eval-tasks", "2", "--validate-every", "2",
-            "--warp-meta-batch-size", "3", "--threads", "1", "--no-progress", *extra]
+            "--meta-model", method, "--num-pretrain", "3", "--task-steps", "2",
+            "--task-batch-size", "5", "--meta-batch-size", "2", "--num-filters", "8",
+            "--val-tasks", "1", "--eval-tasks", "2", "--validate-every", "2", "--threads", "1",
+            "--no-progress", *warp, *extra]
 
 
 def read_rows(path: Path, drop=("seconds",)) -> list[dict]:
@@ -51,7 +52,7 @@ def read_rows(path: Path, drop=("seconds",)) -> list[dict]:
 
 def test_run_writes_every_output(data, tmp_path):
     out = tmp_path / "run"
-    summary = main(argv(data, out, "--meta-model", "reptile", "--meta-steps", "2"))
+    summary = main(argv(data, out, "reptile", "--meta-steps", "2"))
     for name in ("config.json", "train.csv", "val.csv", "checkpoint.pt", "test.json",
                  "test_tasks.csv", "test_curve.csv", "curves.png"):
         assert (out / name).is_file(), name
@@ -71,9 +72,9 @@ def test_run_writes_every_output(data, tmp_path):
 @pytest.mark.parametrize("method", ["reptile", "ft", "warp_leap"])
 def test_resume_is_exact(data, tmp_path, method):
     straight, halted = tmp_path / "straight", tmp_path / "halted"
-    a = main(argv(data, straight, "--meta-model", method, "--meta-steps", "3"))
-    main(argv(data, halted, "--meta-model", method, "--meta-steps", "2", "--no-test"))
-    b = main(argv(data, halted, "--meta-model", method, "--meta-steps", "3", "--resume"))
+    a = main(argv(data, straight, method, "--meta-steps", "3"))
+    main(argv(data, halted, method, "--meta-steps", "2", "--no-test"))
+    b = main(argv(data, halted, method, "--meta-steps", "3", "--resume"))
     assert read_rows(straight / "train.csv") == read_rows(halted / "train.csv")
     assert read_rows(straight / "val.csv") == read_rows(halted / "val.csv")
     assert a["test_acc"] == b["test_acc"] and a["auc_acc"] == b["auc_acc"]
@@ -98,17 +99,19 @@ def _tensors(tree, prefix=""):
 
 def test_refuses_overwrite_mismatch_and_bad_flags(data, tmp_path):
     out = tmp_path / "run"
-    main(argv(data, out, "--meta-model", "no", "--no-test"))
+    main(argv(data, out, "no", "--no-test"))
     with pytest.raises(SystemExit, match="pass --resume"):
-        main(argv(data, out, "--meta-model", "no"))
+        main(argv(data, out, "no"))
     with pytest.raises(SystemExit, match=r"settings differ.*meta_model"):
-        main(argv(data, out, "--meta-model", "leap", "--resume"))
+        main(argv(data, out, "leap", "--resume"))
+    with pytest.raises(SystemExit, match=r"--warp-residual applies to warp_leap and warp only"):
+        main(argv(data, tmp_path / "w", "leap", "--warp-residual"))
     with pytest.raises(SystemExit, match=r"--task-batch-size=0: must be >= 1"):
-        main(argv(data, tmp_path / "x", "--task-batch-size", "0"))
+        main(argv(data, tmp_path / "x", "no", "--task-batch-size", "0"))
     with pytest.raises(SystemExit, match=r"--num-pretrain: num_pretrain=4.*\[1, 3\]"):
-        main(argv(data, tmp_path / "y", "--num-pretrain", "4"))
+        main(argv(data, tmp_path / "y", "leap", "--num-pretrain", "4"))
     with pytest.raises(SystemExit, match=r"Omniglot data: no Omniglot data under"):
-        main(argv((tmp_path / "none", tmp_path / "c"), tmp_path / "z"))
+        main(argv((tmp_path / "none", tmp_path / "c"), tmp_path / "z", "no"))
 
 
 def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
@@ -116,7 +119,7 @@ def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
     runs = []
     for method in ("no", "leap"):
         out = tmp_path / method
-        main(argv(data, out, "--meta-model", method, "--meta-steps", "1", "--one-shot",
+        main(argv(data, out, method, "--meta-steps", "1", "--one-shot",
                   "--one-shot-path", str(root / "all_runs")))
         runs.append(out)
     shot = json.loads((tmp_path / "leap" / "test.json").read_text())["one_shot"]

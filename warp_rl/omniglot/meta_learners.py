@@ -207,6 +207,10 @@ class MetaLearner:
     name = "base"
     #: False for learners without meta-training (``no``): the script skips the loop.
     trains = True
+    #: Called on the meta-parameters that have a ``.grad`` right before every outer optimiser
+    #: step; data-parallel training sets it to average the gradients over ranks
+    #: (:mod:`warp_rl.omniglot.distributed`). ``None``: a single process, nothing to do.
+    grad_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     def __init__(
         self, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int = 0
@@ -246,6 +250,11 @@ class MetaLearner:
         """One meta-update from a meta-batch of tasks; returns their adaptation results."""
         raise NotImplementedError
 
+    def _sync_grads(self, params) -> None:
+        """Apply :attr:`grad_sync` to those of ``params`` that have a gradient."""
+        if self.grad_sync is not None:
+            self.grad_sync([p for p in params if p.grad is not None])
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "generator": self.generator.get_state()}
 
@@ -272,6 +281,7 @@ class InitLearner(MetaLearner):
         """Set the initialisation's gradient to ``grads`` (by name) and take an outer step."""
         for name, p in self.init_model.named_parameters():
             p.grad = grads[name].to(p.dtype).clone()
+        self._sync_grads(self.init_model.parameters())
         self.outer_opt.step()
         self.outer_opt.zero_grad(set_to_none=True)
 
@@ -437,6 +447,7 @@ class MAML(InitLearner):
                     task.task_ids.clone(),
                 )
             )
+        self._sync_grads(self.init_model.parameters())
         self.outer_opt.step()
         self.outer_opt.zero_grad(set_to_none=True)
         return TaskResults.cat(results)
@@ -625,6 +636,7 @@ class WarpLearner(MetaLearner):
         t1 = time.perf_counter()
 
         def step_fn() -> None:
+            self._sync_grads(self.warp.meta_parameters())
             self.outer_opt.step()
             self.outer_opt.zero_grad(set_to_none=True)
 
@@ -668,14 +680,15 @@ def make_learner(
 ) -> MetaLearner:
     """Build the model (seeded with ``seed``) and the learner ``method`` (one of :data:`METHODS`).
 
-    ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`);
-    other methods use the plain classifier and refuse a ``warp`` configuration.
+    ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`)
+    and ``warp_kwargs`` go to :class:`WarpLearner`; other methods use the plain classifier and
+    refuse both.
     """
     if method not in METHODS:
         raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
     torch.manual_seed(seed)
     warped = method.startswith("warp")
-    if warp is not None and not warped:
+    if (warp is not None or warp_kwargs) and not warped:
         raise ValueError(f"warp-layer options apply to warp_leap and warp, not {method!r}")
     model = OmniConv(num_filters=num_filters, warp=(warp or WarpConfig()) if warped else None)
     model = model.to(device)

@@ -323,7 +323,10 @@ class TaskBatch:
 
     def task(self, i: int) -> TaskBatch:
         """The sub-batch of task ``i`` alone (``T = 1``)."""
-        sl = slice(i, i + 1)
+        return self.select(slice(i, i + 1))
+
+    def select(self, sl: slice) -> TaskBatch:
+        """The sub-batch of the tasks ``sl`` (e.g. one rank's share of a meta-batch)."""
         return TaskBatch(
             self.pool,
             self.task_ids[sl],

@@ -8,6 +8,9 @@ A run writes into ``--out``:
 - ``test.json`` / ``test_tasks.csv`` / ``test_curve.csv``: the final test on the 10 meta-test
   alphabets (held-out accuracy, area under the adaptation curve, per task, per step);
 - ``oneshot.json`` with ``--one-shot``; ``curves.png``: validation and test curves.
+
+Under ``torchrun --nproc_per_node=P`` each meta-batch's tasks, and the evaluation tasks, are
+split over the P ranks (:mod:`warp_rl.omniglot.distributed`); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from warp_rl import distributed
 from warp_rl.utils import atomic_save, atomic_write_text
 
 from .data import OmniglotDataError, default_data_root, load_omniglot
+from .distributed import DataParallelLearner
 from .meta_learners import METHODS, MetaLearner, OptimConfig, TaskResults, make_learner
 from .models import ACTIVATIONS, WarpConfig
 from .oneshot import identify_alphabets, read_runs, runs_pool
@@ -37,7 +42,7 @@ from .tasks import TaskPool, TaskSampler, split_alphabets
 RESUMABLE = {
     "meta_steps", "validate_every", "val_tasks", "eval_tasks", "device", "threads", "out",
     "resume", "one_shot", "one_shot_path", "progress", "checkpoint_every", "data_root",
-    "cache_dir", "download", "test",
+    "cache_dir", "download", "test", "dist_timeout",
 }
 
 
@@ -115,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--one-shot-path", default=None, help="all_runs.zip or its folder (default: "
                    "<data-root>/all_runs.zip)")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                   help="under torchrun: seconds a rank waits for the others in a collective "
+                   "before failing with an error")
     return p
 
 
@@ -138,6 +146,17 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"--{name.replace('_', '-')}={v}: must be a positive number")
     if not 0 <= args.inner_momentum < 1:
         raise SystemExit(f"--inner-momentum={args.inner_momentum}: must be in [0, 1)")
+    defaults = build_parser().parse_args([])
+    warp_flags = ["warp_layers", "warp_filters", "warp_residual", "warp_batch_norm", "warp_act",
+                  "warp_final_head", "warp_objective", "warp_meta_batch_size",
+                  "warp_max_states", "warp_batching", "learn_step_size"]
+    only = {n: "warp_leap and warp" for n in warp_flags} | {"maml_unroll": "maml"}
+    for name, methods in only.items():
+        if getattr(args, name) != getattr(defaults, name) and (
+            args.meta_model not in methods.split(" and ")
+        ):
+            raise SystemExit(f"--{name.replace('_', '-')} applies to {methods} only, not to "
+                             f"--meta-model {args.meta_model}")
     if args.task_batch_size > 300:
         raise SystemExit(f"--task-batch-size={args.task_batch_size}: a task has 300 "
                          "adaptation images; must be <= 300")
@@ -171,10 +190,11 @@ def eval_batch(pool: TaskPool, count: int, args: argparse.Namespace, tag: str):
 
 
 class CsvLog:
-    """A CSV file rewritten atomically on every append (small logs, crash-safe)."""
+    """A CSV file rewritten atomically on every append (small logs, crash-safe); with
+    ``write=False`` (ranks other than 0) the rows are kept but no file is written."""
 
-    def __init__(self, path: Path, fields: list[str]) -> None:
-        self.path, self.fields, self.rows = path, fields, []
+    def __init__(self, path: Path, fields: list[str], write: bool = True) -> None:
+        self.path, self.fields, self.rows, self.write = path, fields, [], write
 
     def load(self, max_step: int) -> None:
         """Keep the rows of an existing file up to ``max_step`` (for ``--resume``)."""
@@ -188,6 +208,8 @@ class CsvLog:
         self._write()
 
     def _write(self) -> None:
+        if not self.write:
+            return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self.fields, lineterminator="\n")
         w.writeheader()
@@ -236,20 +258,34 @@ def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Meta-train, validate, test (and run the one-shot benchmark); returns the test summary."""
+    """Meta-train, validate, test (and run the one-shot benchmark); returns the test summary.
+
+    Under torchrun (a process group is set up by :func:`main`), every rank runs this; rank 0
+    decides about the output folder and alone writes into it."""
     check_args(args)
-    device = resolve_device(args.device)
+    main_rank, world = distributed.is_main(), distributed.world_size()
+    try:
+        device = distributed.local_device(resolve_device(args.device))
+        if world > 1:
+            distributed.even_share(args.meta_batch_size, "--meta-batch-size")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
     ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists() and not args.resume:
-        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
-                         "another --out")
-    if args.resume and not ckpt_path.exists():
-        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+
+    def check_out() -> None:
+        if ckpt_path.exists() and not args.resume:
+            raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or "
+                             "choose another --out")
+        if args.resume and not ckpt_path.exists():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+
+    distributed.run_on_rank0(check_out)
     try:
-        data = load_omniglot(args.data_root, args.cache_dir, download=args.download)
+        with distributed.rank0_first("loading Omniglot"):  # rank 0 fills the cache
+            data = load_omniglot(args.data_root, args.cache_dir, download=args.download)
     except OmniglotDataError as e:
         raise SystemExit(f"Omniglot data: {e}") from None
     try:
@@ -261,15 +297,26 @@ def run(args: argparse.Namespace) -> dict:
     test_pool = TaskPool(data, split.test, args.seed, device)
 
     learner = build_learner(args, device)
+    if world > 1:
+        try:
+            learner = DataParallelLearner(learner, args.seed)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     generator = torch.Generator().manual_seed(derived_seed(args.seed, "meta-train"))
     sampler = TaskSampler(len(train_pool))
     fields = ["step", *SUMMARY_FIELDS]
-    train_log = CsvLog(out / "train.csv", [*fields, "seconds", "meta_loss"])
-    val_log = CsvLog(out / "val.csv", fields)
+    train_log = CsvLog(out / "train.csv", [*fields, "seconds", "meta_loss"], write=main_rank)
+    val_log = CsvLog(out / "val.csv", fields, write=main_rank)
     start = 0
     config = _config(args)
     if args.resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # rank 0 reads the file, every rank gets its content (on the CPU when distributed)
+        ckpt = distributed.run_on_rank0(torch.load, ckpt_path, weights_only=False,
+                                        map_location=device if world == 1 else "cpu")
+        saved_world = ckpt["learner"].get("world_size", 1)
+        if saved_world != world:
+            raise SystemExit(f"--resume: the checkpoint was written by {saved_world} "
+                             f"process(es); resume it on {saved_world}, not {world}")
         diff = {k: (ckpt["config"].get(k), v) for k, v in config.items()
                 if k not in RESUMABLE and ckpt["config"].get(k) != v}
         if diff:
@@ -281,11 +328,12 @@ def run(args: argparse.Namespace) -> dict:
         start = int(ckpt["step"])
         train_log.load(start)
         val_log.load(start)
-    else:
+    elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps({
-        **config, "split": {"train": split.train, "val": split.val, "test": split.test},
-        "data_source": data.source}, indent=2))
+    if main_rank:
+        atomic_write_text(out / "config.json", json.dumps({
+            **config, "split": {"train": split.train, "val": split.val, "test": split.test},
+            "data_source": data.source}, indent=2))
 
     val_tasks = eval_batch(val_pool, args.val_tasks or len(val_pool), args, "val")
 
@@ -296,15 +344,17 @@ def run(args: argparse.Namespace) -> dict:
         return row
 
     def save(step: int) -> None:
-        atomic_save({"step": step, "config": config, "learner": learner.state_dict(),
-                     "generator": generator.get_state(), "sampler": sampler.state_dict()},
-                    ckpt_path)
+        state = {"step": step, "config": config, "learner": learner.state_dict(),
+                 "generator": generator.get_state(), "sampler": sampler.state_dict()}
+        if main_rank:  # (learner.state_dict() is a collective under torchrun: all ranks call)
+            atomic_save(state, ckpt_path)
 
     steps = args.meta_steps if learner.trains else 0
     if args.validate_every and start == 0 and learner.trains:
         validate(0)
     bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps,
-               disable=not args.progress, desc=f"{args.meta_model} meta-steps", unit="step")
+               disable=not (args.progress and main_rank), desc=f"{args.meta_model} meta-steps",
+               unit="step")
     last_val = val_log.rows[-1]["test_acc"] if val_log.rows else ""
     for step in bar:
         t0 = time.perf_counter()
@@ -333,7 +383,8 @@ def run(args: argparse.Namespace) -> dict:
         summary.update(res.summary())
         summary["test_alphabets"] = list(split.test)
         tasks_log = CsvLog(out / "test_tasks.csv",
-                           ["step", "alphabet", "test_acc", "test_loss", "auc_acc", "auc_loss"])
+                           ["step", "alphabet", "test_acc", "test_loss", "auc_acc", "auc_loss"],
+                           write=main_rank)
         for i in range(len(res.test_acc)):
             tasks_log.rows.append({
                 "step": steps, "alphabet": test_pool.names[int(res.task_ids[i])],
@@ -342,13 +393,16 @@ def run(args: argparse.Namespace) -> dict:
                 "auc_acc": _fmt(res.train_acc[i].mean().item()),
                 "auc_loss": _fmt(res.train_loss[i].mean().item())})
         tasks_log._write()
-        curve = CsvLog(out / "test_curve.csv", ["step", "train_acc", "train_loss"])
+        curve = CsvLog(out / "test_curve.csv", ["step", "train_acc", "train_loss"],
+                       write=main_rank)
         curve.rows = [{"step": k, "train_acc": _fmt(a), "train_loss": _fmt(l)} for k, (a, l) in
                       enumerate(zip(res.train_acc.mean(0).tolist(),
                                     res.train_loss.mean(0).tolist(), strict=True))]
         curve._write()
     if args.one_shot:
         summary["one_shot"] = one_shot(learner, args, data, split, device)
+    if not main_rank:
+        return summary
     atomic_write_text(out / "test.json", json.dumps(summary, indent=2))
     try:
         from .plots import plot_run
@@ -386,9 +440,21 @@ def one_shot(learner: MetaLearner, args, data, split, device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """CLI entry point: parse ``argv``, run, print the summary."""
+    """CLI entry point: parse ``argv``, run, print the summary (rank 0 under torchrun)."""
     args = build_parser().parse_args(argv)
-    summary = run(args)
+    joined = distributed.is_distributed()  # a caller's process group is left to the caller
+    try:
+        distributed.init_from_env(args.dist_timeout)  # no-op without torchrun
+    except ValueError as e:
+        raise SystemExit(f"torchrun environment: {e}") from None
+    main_rank = distributed.is_main()
+    try:
+        summary = run(args)
+    finally:
+        if not joined:
+            distributed.shutdown()
+    if not main_rank:
+        return summary
     keys = ["meta_model", "seed", "meta_steps", "test_acc", "test_acc_std", "auc_acc"]
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
     if "one_shot" in summary:
