@@ -205,3 +205,38 @@ def test_warp_state_cap_and_first_order_objective():
     lr = learner("warp", max_states=2, objective="first_order")
     lr.meta_step(tasks(pool))
     assert lr.last_info.num_states == 4 and lr.last_info.num_steps == 1
+
+
+@pytest.mark.parametrize("method", ["warp_leap", "reptile", "maml"])
+def test_grad_sync_sees_every_outer_step(method):
+    pool = tiny_pool()
+    lr = learner(method)
+    calls = []
+
+    def sync(params):  # e.g. averaging over ranks; here: record, then halve every gradient
+        calls.append(sum(p.grad is not None for p in params))
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(0.5)
+
+    lr.grad_sync = sync
+    before = snapshot(lr.state_dict())
+    lr.meta_step(tasks(pool))
+    plain = learner(method)
+    plain.meta_step(tasks(pool))
+    expected_calls = lr.last_info.num_steps if method == "warp_leap" else 1
+    assert len(calls) == expected_calls and all(c > 0 for c in calls)
+    # the halved gradients moved the meta-parameters less than the plain learner did
+    key = "warp.model.warps.0.0.conv.weight" if method == "warp_leap" else (
+        "init_model.blocks.0.0.weight")
+    b, a, p = (tensors(sd)[key] for sd in (before, lr.state_dict(), plain.state_dict()))
+    assert 0 < (a - b).norm() < (p - b).norm()
+
+
+def test_select_keeps_the_draws():
+    pool = tiny_pool()
+    batch = tasks(pool, ids=(2, 0, 1))
+    sub = batch.select(slice(1, 3))
+    assert sub.task_ids.tolist() == [0, 1] and sub.num_tasks == 2
+    assert torch.equal(sub.train_batch(2)[0], batch.train_batch(2)[0][1:])
+    assert torch.equal(sub.test_set()[0], batch.test_set()[0][1:])
