@@ -10,7 +10,7 @@ A configuration ``PxT`` runs P processes (ranks, launched here with torch.multip
 torchrun's environment variables; gloo on CPU, NCCL on CUDA) of T torch threads each. Every
 configuration does the same global work: the maze's ``--batch-size`` mazes per episode and the
 Omniglot meta-batch of ``--tasks`` tasks are split evenly over the ranks (see
-docs/readme/distributed.md). After one untimed warm-up episode / meta-step, the ranks meet at a
+docs/distributed.md). After one untimed warm-up episode / meta-step, the ranks meet at a
 barrier, run the timed ones, and meet again; rank 0 reports the wall time in between.
 
 Printed: maze agent-steps per second (mazes x steps per episode / seconds per episode, all

@@ -10,7 +10,7 @@ and at the end; atomic), config.json, learning_curve.png (at the end).
 --resume continues the run in --out exactly where its checkpoint left off; only --episodes,
 --checkpoint-every, --threads and --device may differ from the original run.
 
-On several processes, GPUs or nodes (docs/readme/distributed.md):
+On several processes, GPUs or nodes (docs/distributed.md):
 
     torchrun --nproc_per_node=2 scripts/train_maze.py --batch-size 30 --out runs/maze/ddp2
 

@@ -1,6 +1,6 @@
 """Meta-train a few-shot learner on Omniglot and test it on 10 held-out alphabets.
 
-The WarpGrad/Leap protocol (see docs/readme/omniglot.md): 20-way tasks, one alphabet each,
+The WarpGrad/Leap protocol (see docs/omniglot.md): 20-way tasks, one alphabet each,
 15 adaptation and 5 held-out drawings per character, random affine distortion.
 
     python scripts/train_omniglot.py --meta-model warp_leap --num-pretrain 25 --meta-steps 1000
