@@ -34,7 +34,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -189,11 +189,16 @@ class Summary:
     final_max: float
     reach: dict[float, tuple[float, int]]  # threshold -> (median episode, seeds reaching it)
     s_per_episode: float
+    at: dict[int, float] = field(default_factory=dict)  # E -> median smoothed reward after E
 
 
 def summarise(runs: Sequence[Run], window: int, last: int,
-              thresholds: Sequence[float]) -> Summary:
-    """Table row for the runs of one agent (truncated to their common length)."""
+              thresholds: Sequence[float], at: Sequence[int] = ()) -> Summary:
+    """Table row for the runs of one agent (truncated to their common length).
+
+    ``at``: episode counts E at which to report the smoothed reward (the trailing mean of the
+    ``window`` episodes up to episode E), median over seeds; counts past the runs' length are
+    left out."""
     n = min(len(r.reward) for r in runs)
     k = min(last, n)
     finals = np.array([r.reward[:n][-k:].mean() for r in runs])
@@ -203,19 +208,23 @@ def summarise(runs: Sequence[Run], window: int, last: int,
                          for r in runs])
         reach[t] = (float(np.median(hits)), int(np.isfinite(hits).sum()))
     speed = np.median([r.wall_s[n - 1] / n for r in runs])
+    curves = [smooth(r.reward[:n], window) for r in runs]
+    at_values = {e: float(np.median([c[e - 1] for c in curves])) for e in at if 1 <= e <= n}
     return Summary(runs[0].agent, len(runs), n, float(np.median(finals)), float(finals.min()),
-                   float(finals.max()), reach, float(speed))
+                   float(finals.max()), reach, float(speed), at_values)
 
 
-def markdown_table(summaries: Sequence[Summary], last: int) -> str:
-    """The summaries as a GitHub markdown table."""
+def markdown_table(summaries: Sequence[Summary], last: int, at: Sequence[int] = ()) -> str:
+    """The summaries as a GitHub markdown table (``at``: the smoothed-reward columns)."""
     thresholds = list(summaries[0].reach) if summaries else []
     head = (["agent", "seeds", "episodes", f"final reward (last {last}, median [range])"]
+            + [f"at {e}" for e in at]
             + [f"episodes to {t:g}" for t in thresholds] + ["s / episode"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         cells = [s.agent, str(s.seeds), str(s.episodes),
                  f"{s.final:.1f} [{s.final_min:.1f}, {s.final_max:.1f}]"]
+        cells += [f"{s.at[e]:.1f}" if e in s.at else "-" for e in at]
         for t in thresholds:
             ep, reached = s.reach[t]
             text = "not reached" if math.isinf(ep) else f"{ep:.0f}"
@@ -325,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final reward = mean over this many last episodes (250)")
     p.add_argument("--thresholds", type=_finite, nargs="+", default=[50.0, 100.0],
                    help="rewards for the 'episodes to reach' columns (50 100)")
+    p.add_argument("--at", type=_positive_int, nargs="+", default=[],
+                   help="episode counts at which to also report the smoothed reward")
     p.add_argument("--out", type=Path, default=Path("maze_comparison.png"), help="PNG path")
     p.add_argument("--table", type=Path, default=None, help="also write the table here")
     p.add_argument("--title", default="", help="figure title")
@@ -341,8 +352,9 @@ def main(argv: list[str] | None = None) -> str:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"plot_maze: {err}") from None
     groups = group_runs(runs)
-    summaries = [summarise(g, args.smooth, args.last, args.thresholds) for g in groups.values()]
-    table = markdown_table(summaries, args.last)
+    summaries = [summarise(g, args.smooth, args.last, args.thresholds, args.at)
+                 for g in groups.values()]
+    table = markdown_table(summaries, args.last, args.at)
     atomic_write_bytes(args.out, plot(groups, args.smooth, args.title))
     if args.table is not None:
         atomic_write_text(args.table, table)

@@ -119,3 +119,14 @@ def test_errors_are_clear(runs, tmp_path):
     with pytest.raises(SystemExit, match="no column reward_mean or mean_reward or reward"):
         plot_maze.main([str(bad), "--label", "b", "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_smoothed_reward_at_given_episodes(runs):
+    groups = plot_maze.group_runs(plot_maze.load_runs([runs / "all"]))
+    lin = plot_maze.summarise(groups["linear"], window=11, last=101, thresholds=[50],
+                              at=[500, 1000, 5000])
+    # Trailing mean of 11 after E episodes: (E - 6 + 10 s) / 10, median over s = 0, 1, 2.
+    assert lin.at == {500: pytest.approx(50.4), 1000: pytest.approx(100.4)}  # 5000 > length
+    table = plot_maze.markdown_table([lin], last=101, at=[500, 1000, 5000])
+    assert table.splitlines()[0].count("| at ") == 3
+    assert "| 50.4 | 100.4 | - |" in table
