@@ -41,6 +41,8 @@ import numpy as np
 
 # Runnable from a clean clone without installing: the repository root holds warp_rl/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from warp_rl.cli import finite_float as _finite
+from warp_rl.cli import positive_int as _positive_int
 
 LOG_NAME = "log.csv"
 CONFIG_NAMES = ("config.json", "args.json")
@@ -300,24 +302,6 @@ def plot(groups: dict[str, list[Run]], window: int, title: str = "") -> bytes:
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

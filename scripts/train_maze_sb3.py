@@ -44,6 +44,9 @@ import numpy as np
 
 # Runnable from a clean clone without installing: the repository root holds envs/, warp_rl/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from warp_rl.cli import nonneg_int as _nonneg_int
+from warp_rl.cli import positive_float as _positive_float
+from warp_rl.cli import positive_int as _positive_int
 
 ALGOS = ("recurrent_ppo", "a2c")
 ENV_ID = "WarpMaze-v0"
@@ -53,36 +56,6 @@ MODEL_NAME = "model.zip"
 LOG_FIELDS = ("episode", "reward_mean", "reward_std", "timesteps", "wall_s")
 CONTRIB_HINT = ('RecurrentPPO needs sb3-contrib, which is not installed; install it with '
                 '`pip install "warp-rl[contrib]"` (or `pip install sb3-contrib`)')
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number; got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
