@@ -633,12 +633,7 @@ class Trainer:
         return "the parameters are not finite and no checkpoint had been written"
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
-        saved_world = int(ckpt.get("world_size", 1))
-        if saved_world != self.world_size:
-            raise ValueError(
-                f"the checkpoint was written by a run on {saved_world} process(es); resume it "
-                f"on {saved_world}, not {self.world_size} (the batch split and the ranks' seeds "
-                "depend on the number of processes)")
+        distributed.check_resume_world_size(int(ckpt.get("world_size", 1)), "batch split")
         self.agent.load_state_dict(ckpt["agent"])
         self.fast_opt.load_state_dict(ckpt["fast_opt"])
         if (ckpt["warp_opt"] is None) != (self.warp_opt is None):

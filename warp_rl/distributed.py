@@ -200,6 +200,17 @@ def even_share(total: int, what: str = "batch_size") -> int:
     return total // world
 
 
+def check_resume_world_size(saved: int, what: str = "batch split") -> None:
+    """Refuse to resume a run written by ``saved`` processes on a different number of them:
+    the ``what`` and the ranks' seeds depend on the world size."""
+    current = world_size()
+    if saved != current:
+        raise ValueError(
+            f"the checkpoint was written by a run on {saved} process(es); resume it on "
+            f"{saved}, not {current} (the {what} and the ranks' seeds depend on the number of "
+            "processes)")
+
+
 def shard(count: int, rank_: int | None = None, world: int | None = None) -> slice:
     """Rank ``rank_``'s contiguous part of ``count`` items (like ``numpy.array_split``: the
     first ``count % world`` ranks get one item more; a part may be empty)."""

@@ -126,12 +126,7 @@ class DataParallelLearner:
                 "rank_streams": distributed.all_gather_object(streams, "all_gather of RNGs")}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = int(state.get("world_size", 1))
-        if saved != self.world_size:
-            raise ValueError(
-                f"the checkpoint was written by a run on {saved} process(es); resume it on "
-                f"{saved}, not {self.world_size} (the task split and the ranks' seeds depend "
-                "on the number of processes)")
+        distributed.check_resume_world_size(int(state.get("world_size", 1)), "task split")
         self.learner.load_state_dict(state)
         for name, gen in self._streams().items():
             gen.set_state(state["rank_streams"][self.rank][name])
