@@ -175,14 +175,16 @@ class BatchEnv(Protocol):
         """Start a new episode in every maze; returns obs ``(B, D)`` float32."""
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions ``(B,)`` int64 -> ``(obs (B, D) float32, reward (B,) float32)``."""
+        """Actions ``(B,)`` int64 -> ``(obs (B, D) float32, reward (B,) float32 or float64)``."""
 
 
 class NumpyBatchEnv:
     """``envs.WarpMazeVectorEnv`` seen through torch tensors (CPU).
 
-    Observations are copied out of the env (the env may reuse its buffers, and autograd keeps the
-    observation of every step for the backward pass); actions go in without a copy.
+    Observations and rewards are shared with the env's arrays, not copied: the env builds new
+    arrays every step and never writes to them again (autograd may keep an observation for the
+    backward pass; the Warp-RNN's tape copies it into its own buffer). Actions go in without a
+    copy.
     """
 
     def __init__(self, num_envs: int, size: int, episode_length: int) -> None:
@@ -194,11 +196,11 @@ class NumpyBatchEnv:
 
     def reset(self, seed: int) -> torch.Tensor:
         obs, _ = self.venv.reset(seed=seed)
-        return torch.tensor(obs, dtype=torch.float32)
+        return torch.from_numpy(obs)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs, reward, _, _, _ = self.venv.step(actions.numpy())
-        return torch.tensor(obs, dtype=torch.float32), torch.tensor(reward, dtype=torch.float32)
+        return torch.from_numpy(obs), torch.from_numpy(reward)
 
 
 class TorchBatchEnv:

@@ -198,11 +198,19 @@ class _TapeWorkspace:
         self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
         self.xa = buf(T, B, D)  # x * g_x
         self.ha = buf(T, B, H)  # h_{t-1} * g_h
-        self.uw = buf(T, B, 2, H)  # [u | w] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h)]
+        # [u | w | b] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h) | bias]: what g_i, g_hh and g_b
+        # multiply (b is filled in by each tape).
+        self.uwb = buf(T, B, 3, H)
         self.out = buf(T, B, A + 1)  # [logits | value]
-        # Backward: gradients of the pre-activations, and the LSTM gates' slopes.
+        # Backward: gradients of the pre-activations, and the slopes of the nonlinearities
+        # (computed for all steps at once before the loop through time).
         self.d_act = buf(T, B, 4 * H)
-        self.slope = buf(T, B, 4 * H)
+        # dL/d(LSTM gate pre-activations) = [d_c, d_c, d_c, d_lh] * lstm_slope, with
+        # lstm_slope = [g i', c_prev f', i g', tanh(c) o'] (' = the nonlinearity's derivative).
+        self.lstm_slope = buf(T, B, 4 * H)
+        self.c_slope = buf(T, B, H)  # o (1 - tanh(c)^2): dL/dc from dL/dlstm_h
+        self.h_slope = buf(T, B, H)  # 1 - h_t^2
+        self.gates_slope = buf(T, B, D + 4 * H)  # 1 - gates^2
         self.d_gates = buf(T, B, D + 4 * H)
         self.d_pre = buf(T, B, H)
         self.d_uw = buf(T, B, 2, H)
@@ -216,17 +224,21 @@ class _TapeWorkspace:
         self.v_gx, self.v_gh, self.v_gi, self.v_ghh, self.v_gb = (
             c.unbind(0) for c in self.gates.split(gate_sizes, dim=2))
         self.v_giw = self.gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
-        self.v_xa, self.v_ha, self.v_uw = self.xa.unbind(0), self.ha.unbind(0), self.uw.unbind(0)
-        self.v_u, self.v_w = self.uw[:, :, 0].unbind(0), self.uw[:, :, 1].unbind(0)
+        self.v_xa, self.v_ha, self.v_uwb = self.xa.unbind(0), self.ha.unbind(0), self.uwb.unbind(0)
+        self.v_u, self.v_w = self.uwb[:, :, 0].unbind(0), self.uwb[:, :, 1].unbind(0)
         self.v_out = self.out.unbind(0)
         self.v_logits = self.out[:, :, :A].unbind(0)
-        self.v_dact, self.v_slope = self.d_act.unbind(0), self.slope.unbind(0)
-        self.v_di, self.v_df, self.v_dg, self.v_do = (
-            c.unbind(0) for c in self.d_act.split(H, dim=2))
+        self.v_dact = self.d_act.unbind(0)
+        self.v_dact3 = self.d_act[:, :, :3 * H].unflatten(2, (3, H)).unbind(0)  # i, f, g
+        self.v_do = self.d_act[:, :, 3 * H:].unbind(0)
+        self.v_lslope3 = self.lstm_slope[:, :, :3 * H].unflatten(2, (3, H)).unbind(0)
+        self.v_lslope_o = self.lstm_slope[:, :, 3 * H:].unbind(0)
+        self.v_cslope, self.v_hslope = self.c_slope.unbind(0), self.h_slope.unbind(0)
+        self.v_gslope = self.gates_slope.unbind(0)
         self.v_dgates, self.v_dpre = self.d_gates.unbind(0), self.d_pre.unbind(0)
-        self.v_dgx, self.v_dgh, _, _, self.v_dgb = (
-            c.unbind(0) for c in self.d_gates.split(gate_sizes, dim=2))
-        self.v_dgiw = self.d_gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+        self.v_dgx, self.v_dgh = (c.unbind(0) for c in self.d_gates.split(gate_sizes, dim=2)[:2])
+        # dL/d[g_i | g_hh | g_b], the last three gates
+        self.v_dgiwb = self.d_gates[:, :, D + H:].unflatten(2, (3, H)).unbind(0)
         self.v_duw = self.d_uw.unbind(0)
         self.v_du, self.v_dw = self.d_uw[:, :, 0].unbind(0), self.d_uw[:, :, 1].unbind(0)
 
@@ -293,6 +305,7 @@ class WarpRNNTape(Unroller):
         ws.generation += 1
         self.ws, self.generation = ws, ws.generation
         ws.zz[0, :, D:] = 0.0  # h_{-1} = lstm_h_{-1} = 0
+        ws.uwb[:, :, 2] = self.bias
         ws.lc[0] = 0.0  # lstm_c_{-1} = 0
         self.t = 0
 
@@ -344,45 +357,47 @@ class WarpRNNTape(Unroller):
                                "backward pass; the recorded episode no longer matches them")
         T, B, D, H, A, ws = self.t, self.B, self.D, self.H, self.A, self.ws
         v_dout = d_out.unbind(0)
-        # Slopes of the LSTM gate nonlinearities, all steps at once:
-        # sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - g^2 for the cell candidate.
-        act, slope = ws.act[:T], ws.slope[:T]
+        # The slopes of every nonlinearity, for all steps at once (the loop below then needs
+        # one product per slope): sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - y^2 for the
+        # cell candidate g, tanh(c), the gates and h.
+        act, slope = ws.act[:T], ws.lstm_slope[:T]
         torch.mul(act, act, out=slope).neg_().add_(act)
-        g_all = act[..., 2 * H:3 * H]
+        g_all, i_all = act[..., 2 * H:3 * H], act[..., :H]
         torch.mul(g_all, g_all, out=slope[..., 2 * H:3 * H]).neg_().add_(1.0)
+        c_slope, tc = ws.c_slope[:T], ws.tc[:T]
+        torch.mul(tc, tc, out=c_slope).neg_().add_(1.0).mul_(act[..., 3 * H:])
+        slope[..., :H].mul_(g_all)  # dc/di = g
+        slope[..., H:2 * H].mul_(ws.lc[:T])  # dc/df = c_prev
+        slope[..., 2 * H:3 * H].mul_(i_all)  # dc/dg = i
+        slope[..., 3 * H:].mul_(tc)  # dlstm_h/do = tanh(c)
+        h_all = ws.zz[1:T + 1, :, D:D + H]
+        torch.mul(h_all, h_all, out=ws.h_slope[:T]).neg_().add_(1.0)
+        gates = ws.gates[:T]
+        torch.mul(gates, gates, out=ws.gates_slope[:T]).neg_().add_(1.0)
 
         d_h = ws.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
         d_lh = ws.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
         d_lc = ws.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
         w_state = self.w_lstm[:, D:]  # (4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
         for t in reversed(range(T)):
-            h, gates = ws.v_h[t + 1], ws.v_gates[t]
             # Heads, then h_t = tanh(pre): dL/dpre = dL/dh (1 - h^2).
             d_h = torch.addmm(d_h, v_dout[t], self.w_heads)
-            dp = torch.addcmul(d_h, d_h * h, h, value=-1.0, out=ws.v_dpre[t])
+            dp = torch.mul(d_h, ws.v_hslope[t], out=ws.v_dpre[t])
             # pre = u * g_i + w * g_hh + b * g_b, u = W_ih (x * g_x), w = W_hh (h_{t-1} * g_h)
             dp2 = dp.unsqueeze(1)
             torch.mul(dp2, ws.v_giw[t], out=ws.v_duw[t])
-            torch.mul(dp2, ws.v_uw[t], out=ws.v_dgiw[t])
-            torch.mul(dp, self.bias, out=ws.v_dgb[t])
+            torch.mul(dp2, ws.v_uwb[t], out=ws.v_dgiwb[t])
             torch.mul(torch.mm(ws.v_du[t], self.w_ih), ws.v_x[t], out=ws.v_dgx[t])
             d_ha = torch.mm(ws.v_dw[t], self.w_hh)
             torch.mul(d_ha, ws.v_h[t], out=ws.v_dgh[t])
             # gates = tanh(W_proj lstm_h)
-            dg = ws.v_dgates[t]
-            dg.addcmul_(dg * gates, gates, value=-1.0)
-            d_lh = torch.addmm(d_lh, dg, self.w_proj)
+            d_lh = torch.addmm(d_lh, ws.v_dgates[t].mul_(ws.v_gslope[t]), self.w_proj)
             # Gating LSTM: c = f * c_prev + i * g, lstm_h = o * tanh(c).
-            tc = ws.v_tc[t]
-            k = d_lh * ws.v_o[t]
-            d_c = torch.addcmul(d_lc + k, k * tc, tc, value=-1.0)
-            torch.mul(d_c, ws.v_g[t], out=ws.v_di[t])
-            torch.mul(d_c, ws.v_lc[t], out=ws.v_df[t])
-            torch.mul(d_c, ws.v_i[t], out=ws.v_dg[t])
-            torch.mul(d_lh, tc, out=ws.v_do[t])
-            d_act = ws.v_dact[t].mul_(ws.v_slope[t])
+            d_c = torch.addcmul(d_lc, d_lh, ws.v_cslope[t])
+            torch.mul(ws.v_lslope3[t], d_c.unsqueeze(1), out=ws.v_dact3[t])  # i, f, g
+            torch.mul(ws.v_lslope_o[t], d_lh, out=ws.v_do[t])
             d_lc = d_c * ws.v_f[t]
-            d_state = torch.mm(d_act, w_state)  # (B, 2H)
+            d_state = torch.mm(ws.v_dact[t], w_state)  # (B, 2H)
             d_lh = d_state[:, H:]
             d_h = torch.addcmul(d_state[:, :H], d_ha, ws.v_gh[t])
 
