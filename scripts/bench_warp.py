@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import warp_rl
 
