@@ -298,3 +298,18 @@ def test_cuda_training_matches_cpu_loss_and_runs(tmp_path):
     log = read_log(tmp_path / "gpu" / "log.csv")
     assert np.all(np.isfinite(log["loss"])) and len(log["loss"]) == 3
     assert load_checkpoint(tmp_path / "gpu" / "checkpoint.pt")["episode"] == 3
+
+
+def test_numpy_batch_env_hands_out_fresh_arrays_without_copying():
+    """The trainer shares the env's observation and reward arrays with torch (no copy); that is
+    only safe because the env builds new arrays every step and never writes to old ones."""
+    env = trainer_mod.NumpyBatchEnv(4, size=9, episode_length=10)
+    first = env.reset(seed=0)
+    kept = first.clone()
+    actions = torch.tensor([0, 1, 2, 3])
+    obs, reward = env.step(actions)
+    obs2, reward2 = env.step(actions)
+    assert first.dtype == obs.dtype == torch.float32 and reward.dtype.is_floating_point
+    assert obs.data_ptr() != obs2.data_ptr() and reward.data_ptr() != reward2.data_ptr()
+    assert torch.equal(first, kept)  # stepping did not write into an earlier observation
+    assert not np.shares_memory(obs.numpy(), obs2.numpy())
