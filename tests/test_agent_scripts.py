@@ -114,3 +114,22 @@ def test_benchmark_prints_its_figures(capsys):
     original = next(x for x in lines if "original" in x.split())
     trainer = next(x for x in lines if "trainer" in x.split())
     assert float(original.split()[3]) > 0 and trainer.split()[-1].endswith("x")
+
+
+@pytest.mark.parametrize("agent, lr", [("backpropamine", 1e-4), ("lstm", 1e-3)])
+def test_paper_preset_uses_each_agents_published_step_size(tmp_path, agent, lr):
+    """--paper gives Backpropamine its own paper's Adam lr (1e-4), the others the WarpGrad
+    paper's 1e-3; --resume --paper accepts the run it started and an explicit --lr still wins."""
+    out = tmp_path / agent
+    small = ["--batch-size", "2", "--hidden-size", "4", "--maze-size", "7", "--episode-length", "4",
+             "--quiet", "--no-plot"]
+    assert train_maze.main(["--paper", "--agent", agent, "--episodes", "1", "--out", str(out),
+                            *small]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["lr"] == lr
+    assert train_maze.main(["--paper", "--resume", "--episodes", "2", "--out", str(out),
+                            *small]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["episode"] == 2
+    other = tmp_path / f"{agent}-lr"
+    assert train_maze.main(["--paper", "--agent", agent, "--lr", "0.01", "--episodes", "1",
+                            "--out", str(other), *small]) == 0
+    assert load_checkpoint(other / "checkpoint.pt")["config"]["lr"] == 0.01
