@@ -199,7 +199,7 @@ class _TapeWorkspace:
         self.xa = buf(T, B, D)  # x * g_x
         self.ha = buf(T, B, H)  # h_{t-1} * g_h
         # [u | w | b] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h) | bias]: what g_i, g_hh and g_b
-        # multiply (b is filled in by each tape).
+        # multiply (b is filled in by the backward pass).
         self.uwb = buf(T, B, 3, H)
         self.out = buf(T, B, A + 1)  # [logits | value]
         # Backward: gradients of the pre-activations, and the slopes of the nonlinearities
@@ -305,7 +305,6 @@ class WarpRNNTape(Unroller):
         ws.generation += 1
         self.ws, self.generation = ws, ws.generation
         ws.zz[0, :, D:] = 0.0  # h_{-1} = lstm_h_{-1} = 0
-        ws.uwb[:, :, 2] = self.bias
         ws.lc[0] = 0.0  # lstm_c_{-1} = 0
         self.t = 0
 
@@ -374,6 +373,7 @@ class WarpRNNTape(Unroller):
         torch.mul(h_all, h_all, out=ws.h_slope[:T]).neg_().add_(1.0)
         gates = ws.gates[:T]
         torch.mul(gates, gates, out=ws.gates_slope[:T]).neg_().add_(1.0)
+        ws.uwb[:T, :, 2] = self.bias  # what g_b multiplies, beside u and w (one product below)
 
         d_h = ws.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
         d_lh = ws.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
