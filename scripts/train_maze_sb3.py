@@ -13,8 +13,16 @@ that ``scripts/plot_maze.py`` overlays the curves. One *episode* here means what
 
 Algorithms (SB3 defaults unless a flag says otherwise):
 
-* ``recurrent_ppo``: ``sb3_contrib.RecurrentPPO("MlpLstmPolicy")`` with an LSTM of ``--hidden``
-  units (100, like our agents). Needs sb3-contrib (``pip install "warp-rl[contrib]"``).
+* ``recurrent_ppo``: ``sb3_contrib.RecurrentPPO`` with sb3-contrib's ``MlpLstmPolicy`` and an
+  LSTM of ``--hidden`` units (100, like our agents). Needs sb3-contrib
+  (``pip install "warp-rl[contrib]"``). One change, for speed only: in the PPO update
+  sb3-contrib runs the LSTM one step at a time whenever an episode starts inside a minibatch
+  sequence, and with 200-step rollouts of 200-step episodes every sequence starts one, so the
+  update ran 200 single-step LSTM calls per sequence batch. Sequences are cut at episode
+  starts, so a start can only be a sequence's first step; :func:`lstm_over_sequences` then
+  zeroes those sequences' initial states and makes one LSTM call, which is the same function
+  (``tests/test_baselines_sb3.py`` checks it against sb3-contrib's loop) and about
+  N times faster per update (``--step-by-step-lstm`` restores the original).
 * ``a2c``: ``stable_baselines3.A2C("MlpPolicy")`` over ``VecFrameStack`` of the last
   ``--n-stack`` observations (4): a feed-forward policy with a short memory, no recurrence.
 
@@ -89,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=13, help="maze side, odd (13)")
     p.add_argument("--episode-length", type=_positive_int, default=200,
                    help="steps per maze episode (200)")
+    p.add_argument("--per-maze-envs", action="store_true",
+                   help="step the mazes as n_envs gymnasium.make envs in SB3's DummyVecEnv "
+                        "(slower) instead of the numpy-batched vector env")
+    p.add_argument("--step-by-step-lstm", action="store_true",
+                   help="recurrent_ppo: sb3-contrib's own step-by-step LSTM in the update "
+                        "(same function, slower; see the module doc)")
     p.add_argument("--device", default="cpu", help="torch device for SB3 (cpu)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,6 +122,123 @@ def import_algo(algo: str) -> type:
 
         return A2C
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
+
+
+def lstm_over_sequences(features, lstm_states, episode_starts, lstm):
+    """sb3-contrib's ``RecurrentActorCriticPolicy._process_sequence`` with one LSTM call.
+
+    Shapes as there: ``features`` ``(n_seq * max_len, input_size)``, sequence-major;
+    ``lstm_states`` a pair of ``(num_layers, n_seq, hidden)``; ``episode_starts``
+    ``(n_seq * max_len,)`` of 0/1. Returns the LSTM output ``(n_seq * max_len, hidden)`` and
+    the final states. When episodes start only at sequences' first steps (always the case in
+    the PPO update, whose sequences are cut at episode starts, and in rollouts, one step
+    long), resetting the state at a start is zeroing the initial state of that sequence, and
+    the whole batch goes through ``lstm`` at once. Otherwise it defers to sb3-contrib's
+    step-by-step loop.
+    """
+    import torch
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    n_seq = lstm_states[0].shape[1]
+    starts = episode_starts.reshape((n_seq, -1))
+    if torch.any(starts[:, 1:] != 0.0):
+        return RecurrentActorCriticPolicy._process_sequence(features, lstm_states,
+                                                            episode_starts, lstm)
+    keep = (1.0 - starts[:, 0]).view(1, n_seq, 1)
+    sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+    output, final_states = lstm(sequence, (keep * lstm_states[0], keep * lstm_states[1]))
+    return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), final_states
+
+
+def one_call_lstm_policy() -> type:
+    """``MlpLstmPolicy`` whose LSTM runs through :func:`lstm_over_sequences`."""
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    class OneCallLstmPolicy(RecurrentActorCriticPolicy):
+        _process_sequence = staticmethod(lstm_over_sequences)
+
+    return OneCallLstmPolicy
+
+
+def make_maze_vec_env(n_envs: int, size: int, episode_length: int):
+    """``n_envs`` mazes of ``WarpMaze-v0`` as an SB3 ``VecEnv`` stepped by numpy in one call.
+
+    Wraps :class:`envs.vector_env.WarpMazeVectorEnv` (the vector entry point of
+    ``WarpMaze-v0``, tested step by step against the single env) in SB3's ``VecEnv``
+    convention: a finished maze is reset in the same step, its last observation goes into
+    ``info["terminal_observation"]``, ``info["TimeLimit.truncated"]`` says it was cut by the
+    clock, and ``info["episode"] = {"r", "l", "t"}`` holds the return, length and seconds, as
+    SB3's ``Monitor`` writes it. The per-maze infos of the Gymnasium env (agent and goal
+    cells) are not passed on. Seeding: SB3's ``env.seed(s)`` seeds the next reset of the
+    whole batch with ``s``. With one maze and the same seed this is exactly
+    ``DummyVecEnv([Monitor(gymnasium.make("WarpMaze-v0"))])`` (tested), without
+    ``DummyVecEnv``'s per-maze Python loop and deep copies of every info: the rollouts of
+    RecurrentPPO on 30 mazes take about half the time.
+    """
+    import gymnasium
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from envs.vector_env import WarpMazeVectorEnv
+
+    class MazeBatchVecEnv(VecEnv):
+        def __init__(self) -> None:
+            self.batch = WarpMazeVectorEnv(n_envs, size=size, episode_length=episode_length,
+                                           autoreset_mode="SameStep")
+            super().__init__(n_envs, self.batch.single_observation_space,
+                             self.batch.single_action_space)
+            self.returns = np.zeros(n_envs)
+            self.lengths = np.zeros(n_envs, dtype=np.int64)
+            self.start = time.perf_counter()
+            self.actions = np.zeros(n_envs, dtype=np.int64)
+
+        def reset(self):
+            obs, _ = self.batch.reset(seed=self._seeds[0])
+            self._reset_seeds()
+            self._reset_options()
+            self.returns[:] = 0.0
+            self.lengths[:] = 0
+            return obs.copy()
+
+        def step_async(self, actions: np.ndarray) -> None:
+            self.actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+
+        def step_wait(self):
+            obs, rewards, terminated, truncated, info = self.batch.step(self.actions)
+            dones = terminated | truncated
+            self.returns += rewards
+            self.lengths += 1
+            infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+            for i in np.flatnonzero(dones):
+                infos[i] = {
+                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
+                    "terminal_observation": info["final_obs"][i].copy(),
+                    "episode": {"r": round(float(self.returns[i]), 6),
+                                "l": int(self.lengths[i]),
+                                "t": round(time.perf_counter() - self.start, 6)},
+                }
+                self.returns[i] = 0.0
+                self.lengths[i] = 0
+            return obs.copy(), rewards.astype(np.float32), dones, infos
+
+        def close(self) -> None:
+            self.batch.close()
+
+        def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+            return [getattr(self.batch, attr_name) for _ in self._get_indices(indices)]
+
+        def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+            raise NotImplementedError("the mazes of this VecEnv share one batch env; "
+                                      "set attributes on .batch")
+
+        def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs):
+            raise NotImplementedError("the mazes of this VecEnv share one batch env; "
+                                      "call methods on .batch")
+
+        def env_is_wrapped(self, wrapper_class: type[gymnasium.Wrapper],
+                           indices=None) -> list[bool]:
+            return [False for _ in self._get_indices(indices)]
+
+    return MazeBatchVecEnv()
 
 
 def make_episode_logger(path: Path, total_rounds: int | None, progress: bool):
@@ -177,15 +308,19 @@ def train(args: argparse.Namespace) -> Path:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
-                       env_kwargs={"size": args.size, "episode_length": args.episode_length})
+    if args.per_maze_envs:
+        env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
+                           env_kwargs={"size": args.size, "episode_length": args.episode_length})
+    else:
+        env = make_maze_vec_env(args.n_envs, args.size, args.episode_length)
+        env.seed(args.seed)
     kwargs: dict[str, Any] = {"seed": args.seed, "device": args.device, "gamma": args.gamma}
     if args.n_steps is not None:
         kwargs["n_steps"] = args.n_steps
     if args.lr is not None:
         kwargs["learning_rate"] = args.lr
     if args.algo == "recurrent_ppo":
-        policy = "MlpLstmPolicy"
+        policy = "MlpLstmPolicy" if args.step_by_step_lstm else one_call_lstm_policy()
         kwargs["policy_kwargs"] = {"lstm_hidden_size": args.hidden}
         # PPO's minibatch must not exceed a rollout (n_steps * n_envs).
         kwargs["batch_size"] = min(args.batch_size or 128,
@@ -193,8 +328,8 @@ def train(args: argparse.Namespace) -> Path:
         if args.n_epochs is not None:
             kwargs["n_epochs"] = args.n_epochs
     else:
-        for flag in ("batch_size", "n_epochs"):
-            if getattr(args, flag) is not None:
+        for flag in ("batch_size", "n_epochs", "step_by_step_lstm"):
+            if getattr(args, flag) not in (None, False):
                 raise SystemExit(f"--{flag.replace('_', '-')} applies to recurrent_ppo only; "
                                  f"got it with --algo {args.algo}")
         policy = "MlpPolicy"
@@ -202,7 +337,8 @@ def train(args: argparse.Namespace) -> Path:
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(agent=f"sb3-{args.algo}", env_id=ENV_ID, total_timesteps=timesteps,
-                  policy=policy, sb3_kwargs={k: v for k, v in kwargs.items() if k != "device"})
+                  policy=policy if isinstance(policy, str) else policy.__name__,
+                  sb3_kwargs={k: v for k, v in kwargs.items() if k != "device"})
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     model = algo_cls(policy, env, **kwargs)

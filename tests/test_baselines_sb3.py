@@ -98,3 +98,72 @@ def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sb3_script.main(["--algo", "a2c", "--episodes", "0", "--out", str(tmp_path)])
     assert "expected a positive integer; got 0" in capsys.readouterr().err
+
+
+def test_batched_vec_env_equals_dummy_vec_env_of_one_maze():
+    """The numpy-batched SB3 VecEnv is DummyVecEnv(Monitor(WarpMaze-v0)) for one maze."""
+    import gymnasium
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    import envs  # noqa: F401
+
+    batched = sb3_script.make_maze_vec_env(1, size=5, episode_length=25)
+    dummy = DummyVecEnv([lambda: Monitor(gymnasium.make("WarpMaze-v0", size=5,
+                                                         episode_length=25))])
+    for env in (batched, dummy):
+        env.seed(7)
+    obs_b, obs_d = batched.reset(), dummy.reset()
+    np.testing.assert_array_equal(obs_b, obs_d)
+    actions = np.random.default_rng(0).integers(0, 4, size=(70, 1))  # 2.8 episodes
+    ends = 0
+    for action in actions:
+        obs_b, rew_b, done_b, info_b = batched.step(action)
+        obs_d, rew_d, done_d, info_d = dummy.step(action)
+        np.testing.assert_array_equal(obs_b, obs_d)
+        np.testing.assert_array_equal(rew_b, rew_d)
+        assert rew_b.dtype == rew_d.dtype and done_b.dtype == done_d.dtype
+        np.testing.assert_array_equal(done_b, done_d)
+        if not done_b[0]:
+            assert info_b == [{}]
+        else:
+            ends += 1
+            assert info_b[0]["TimeLimit.truncated"] is info_d[0]["TimeLimit.truncated"] is True
+            np.testing.assert_array_equal(info_b[0]["terminal_observation"],
+                                          info_d[0]["terminal_observation"])
+            for key in ("r", "l"):
+                assert info_b[0]["episode"][key] == info_d[0]["episode"][key]
+    assert ends == 2
+    assert batched.get_attr("render_mode") == [None]
+    assert batched.env_is_wrapped(Monitor) == [False]
+
+
+def test_one_call_lstm_equals_sb3_contribs_step_by_step_loop():
+    """Same outputs, final states and gradients as RecurrentActorCriticPolicy._process_sequence."""
+    import torch
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5).double()
+    n_seq, max_len = 4, 7
+    features = torch.randn(n_seq * max_len, 6, dtype=torch.float64, requires_grad=True)
+    states = (torch.randn(1, n_seq, 5, dtype=torch.float64),
+              torch.randn(1, n_seq, 5, dtype=torch.float64))
+    starts_at_first = torch.zeros(n_seq, max_len, dtype=torch.float64)
+    starts_at_first[[0, 2], 0] = 1.0  # PPO-update sequences: starts only at the first step
+    starts_inside = starts_at_first.clone()
+    starts_inside[1, 3] = 1.0  # a start mid-sequence: the loop is needed, and used
+    for starts in (starts_at_first, starts_inside, starts_at_first[:, :1]):
+        n = starts.numel()
+        x = features[:n]
+        ours = sb3_script.lstm_over_sequences(x, states, starts.reshape(-1), lstm)
+        theirs = RecurrentActorCriticPolicy._process_sequence(x, states, starts.reshape(-1),
+                                                              lstm)
+        torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=1e-12)
+        for a, b in zip(ours[1], theirs[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        grad_ours = torch.autograd.grad(ours[0].square().sum(), [x, *lstm.parameters()])
+        grad_theirs = torch.autograd.grad(theirs[0].square().sum(), [x, *lstm.parameters()])
+        for a, b in zip(grad_ours, grad_theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert sb3_script.one_call_lstm_policy()._process_sequence is sb3_script.lstm_over_sequences
