@@ -36,11 +36,16 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames), list(reader)
 
 
-@pytest.mark.parametrize("algo", ["recurrent_ppo", "a2c"])
-def test_tiny_run_writes_the_log(tmp_path, algo):
+@pytest.mark.parametrize("algo, flags", [
+    ("recurrent_ppo", []),
+    ("recurrent_ppo", ["--per-maze-envs", "--step-by-step-lstm"]),  # sb3's own code paths
+    ("a2c", []),
+    ("a2c", ["--per-maze-envs"]),
+])
+def test_tiny_run_writes_the_log(tmp_path, algo, flags):
     extra = ["--batch-size", "5", "--n-epochs", "2"] if algo == "recurrent_ppo" else []
     out = sb3_script.main(["--algo", algo, "--seed", "1", "--out", str(tmp_path), *TINY,
-                           *extra])
+                           *extra, *flags])
     header, rows = read_csv(out / "log.csv")
     assert header == list(sb3_script.LOG_FIELDS)
     for name in ("episode", "reward_mean", "wall_s"):  # the columns plot_maze.py reads
@@ -57,6 +62,11 @@ def test_tiny_run_writes_the_log(tmp_path, algo):
     assert config["agent"] == f"sb3-{algo}" and config["total_timesteps"] == 150
     if algo == "recurrent_ppo":
         assert config["sb3_kwargs"]["batch_size"] == 5 and config["sb3_kwargs"]["n_epochs"] == 2
+        assert config["policy"] == ("MlpLstmPolicy" if flags else "OneCallLstmPolicy")
+        from sb3_contrib import RecurrentPPO
+
+        model = RecurrentPPO.load(out / "model.zip")  # the saved policy class loads back
+        assert type(model.policy).__name__ == config["policy"]
     assert (out / "model.zip").stat().st_size > 0
 
 
@@ -90,6 +100,8 @@ def test_bad_arguments(tmp_path, capsys):
                          *TINY[:4], "--size", "8", "--episodes", "1"])
     with pytest.raises(SystemExit, match="--batch-size applies to recurrent_ppo only"):
         sb3_script.main(["--algo", "a2c", "--batch-size", "64", "--out", str(tmp_path), *TINY])
+    with pytest.raises(SystemExit, match="--step-by-step-lstm applies to recurrent_ppo only"):
+        sb3_script.main(["--algo", "a2c", "--step-by-step-lstm", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit):
         sb3_script.main(["--algo", "dqn", "--episodes", "1", "--out", str(tmp_path)])
     assert "invalid choice: 'dqn'" in capsys.readouterr().err
