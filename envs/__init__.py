@@ -8,7 +8,8 @@
 Both have a ``vector_entry_point``, so ``gymnasium.make_vec(id, num_envs=N)`` returns the
 numpy-batched :class:`WarpMazeVectorEnv`. ``gymnasium.make("envs:WarpMaze-v0")`` works without a
 prior import (Gymnasium imports the module named before the colon). :class:`TorchMazeBatch`
-(torch tensors, for GPU training) is imported lazily so that ``import envs`` does not load torch.
+(torch tensors, for GPU training) and :class:`WarpMazeSB3VecEnv` (the batch in Stable-Baselines3's
+``VecEnv`` convention) are imported lazily so that ``import envs`` does not load torch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from envs.maze_env import WarpMazeEnv
 from envs.vector_env import WarpMazeVectorEnv
 
 if TYPE_CHECKING:
+    from envs.sb3_vec_env import WarpMazeSB3VecEnv
     from envs.torch_maze import TorchMazeBatch
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "ObsLayout",
     "TorchMazeBatch",
     "WarpMazeEnv",
+    "WarpMazeSB3VecEnv",
     "WarpMazeVectorEnv",
     "obs_dim",
     "register_envs",
@@ -57,6 +60,10 @@ def __getattr__(name: str) -> Any:
         from envs.torch_maze import TorchMazeBatch
 
         return TorchMazeBatch
+    if name == "WarpMazeSB3VecEnv":
+        from envs.sb3_vec_env import WarpMazeSB3VecEnv
+
+        return WarpMazeSB3VecEnv
     raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 

@@ -15,23 +15,19 @@ Algorithms (SB3 defaults unless a flag says otherwise):
 
 * ``recurrent_ppo``: ``sb3_contrib.RecurrentPPO`` with sb3-contrib's ``MlpLstmPolicy`` and an
   LSTM of ``--hidden`` units (100, like our agents). Needs sb3-contrib
-  (``pip install "warp-rl[contrib]"``). One change, for speed only: in the PPO update
-  sb3-contrib runs the LSTM one step at a time whenever an episode starts inside a minibatch
-  sequence, and with 200-step rollouts of 200-step episodes every sequence starts one, so the
-  update ran 200 single-step LSTM calls per sequence batch. Sequences are cut at episode
-  starts, so a start can only be a sequence's first step; :func:`lstm_over_sequences` then
-  zeroes those sequences' initial states and makes one LSTM call, which is the same function
-  (``tests/test_baselines_sb3.py`` checks it against sb3-contrib's loop to 1e-12 in float64,
-  gradients included). ``--step-by-step-lstm`` restores the original.
-
-The mazes are stepped by :func:`make_maze_vec_env`, the numpy-batched ``WarpMaze-v0`` in
-SB3's ``VecEnv`` convention; ``--per-maze-envs`` uses SB3's ``make_vec_env`` (``n_envs``
-``gymnasium.make`` envs, each in a ``Monitor``, in a ``DummyVecEnv``) instead. Seconds per
-round of RecurrentPPO with the comparison's settings (30 mazes, ``--n-steps 200 --batch-size
-3840 --n-epochs 4 --threads 1``), one run alone on the 2-core AMD EPYC machine, 6 rounds:
-4.4 s with both flags, 1.38 s with ``--per-maze-envs`` only, 1.20 s with neither (3.7x).
+  (``pip install "warp-rl[contrib]"``). The policy is :class:`agents.sb3_lstm.OneCallLstmPolicy`,
+  sb3-contrib's with the update's LSTM run in one call instead of step by step where episodes
+  start (the same function, tested); ``--step-by-step-lstm`` uses sb3-contrib's own.
 * ``a2c``: ``stable_baselines3.A2C("MlpPolicy")`` over ``VecFrameStack`` of the last
   ``--n-stack`` observations (4): a feed-forward policy with a short memory, no recurrence.
+
+The mazes are stepped together by :class:`envs.sb3_vec_env.WarpMazeSB3VecEnv`, the
+numpy-batched ``WarpMaze-v0`` in SB3's ``VecEnv`` convention; ``--per-maze-envs`` uses SB3's
+``make_vec_env`` instead (``n_envs`` ``gymnasium.make`` envs, each in a ``Monitor``, in a
+``DummyVecEnv``). Seconds per round of RecurrentPPO with the comparison's settings (30 mazes,
+``--n-steps 200 --batch-size 3840 --n-epochs 4 --threads 1``), one run alone on the 2-core AMD
+EPYC machine, 6 rounds: 4.4 s with both flags, 1.38 s with ``--per-maze-envs`` only, 1.20 s
+with neither (3.7x).
 
 Usage::
 
@@ -131,123 +127,6 @@ def import_algo(algo: str) -> type:
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
 
 
-def lstm_over_sequences(features, lstm_states, episode_starts, lstm):
-    """sb3-contrib's ``RecurrentActorCriticPolicy._process_sequence`` with one LSTM call.
-
-    Shapes as there: ``features`` ``(n_seq * max_len, input_size)``, sequence-major;
-    ``lstm_states`` a pair of ``(num_layers, n_seq, hidden)``; ``episode_starts``
-    ``(n_seq * max_len,)`` of 0/1. Returns the LSTM output ``(n_seq * max_len, hidden)`` and
-    the final states. When episodes start only at sequences' first steps (always the case in
-    the PPO update, whose sequences are cut at episode starts, and in rollouts, one step
-    long), resetting the state at a start is zeroing the initial state of that sequence, and
-    the whole batch goes through ``lstm`` at once. Otherwise it defers to sb3-contrib's
-    step-by-step loop.
-    """
-    import torch
-    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-
-    n_seq = lstm_states[0].shape[1]
-    starts = episode_starts.reshape((n_seq, -1))
-    if torch.any(starts[:, 1:] != 0.0):
-        return RecurrentActorCriticPolicy._process_sequence(features, lstm_states,
-                                                            episode_starts, lstm)
-    keep = (1.0 - starts[:, 0]).view(1, n_seq, 1)
-    sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
-    output, final_states = lstm(sequence, (keep * lstm_states[0], keep * lstm_states[1]))
-    return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), final_states
-
-
-def one_call_lstm_policy() -> type:
-    """``MlpLstmPolicy`` whose LSTM runs through :func:`lstm_over_sequences`."""
-    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-
-    class OneCallLstmPolicy(RecurrentActorCriticPolicy):
-        _process_sequence = staticmethod(lstm_over_sequences)
-
-    return OneCallLstmPolicy
-
-
-def make_maze_vec_env(n_envs: int, size: int, episode_length: int):
-    """``n_envs`` mazes of ``WarpMaze-v0`` as an SB3 ``VecEnv`` stepped by numpy in one call.
-
-    Wraps :class:`envs.vector_env.WarpMazeVectorEnv` (the vector entry point of
-    ``WarpMaze-v0``, tested step by step against the single env) in SB3's ``VecEnv``
-    convention: a finished maze is reset in the same step, its last observation goes into
-    ``info["terminal_observation"]``, ``info["TimeLimit.truncated"]`` says it was cut by the
-    clock, and ``info["episode"] = {"r", "l", "t"}`` holds the return, length and seconds, as
-    SB3's ``Monitor`` writes it. The per-maze infos of the Gymnasium env (agent and goal
-    cells) are not passed on. Seeding: SB3's ``env.seed(s)`` seeds the next reset of the
-    whole batch with ``s``. With one maze and the same seed this is exactly
-    ``DummyVecEnv([Monitor(gymnasium.make("WarpMaze-v0"))])`` (tested), without
-    ``DummyVecEnv``'s per-maze Python loop and deep copies of every info: the rollouts of
-    RecurrentPPO on 30 mazes take about half the time.
-    """
-    import gymnasium
-    from stable_baselines3.common.vec_env import VecEnv
-
-    from envs.vector_env import WarpMazeVectorEnv
-
-    class MazeBatchVecEnv(VecEnv):
-        def __init__(self) -> None:
-            self.batch = WarpMazeVectorEnv(n_envs, size=size, episode_length=episode_length,
-                                           autoreset_mode="SameStep")
-            super().__init__(n_envs, self.batch.single_observation_space,
-                             self.batch.single_action_space)
-            self.returns = np.zeros(n_envs)
-            self.lengths = np.zeros(n_envs, dtype=np.int64)
-            self.start = time.perf_counter()
-            self.actions = np.zeros(n_envs, dtype=np.int64)
-
-        def reset(self):
-            obs, _ = self.batch.reset(seed=self._seeds[0])
-            self._reset_seeds()
-            self._reset_options()
-            self.returns[:] = 0.0
-            self.lengths[:] = 0
-            return obs.copy()
-
-        def step_async(self, actions: np.ndarray) -> None:
-            self.actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
-
-        def step_wait(self):
-            obs, rewards, terminated, truncated, info = self.batch.step(self.actions)
-            dones = terminated | truncated
-            self.returns += rewards
-            self.lengths += 1
-            infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-            for i in np.flatnonzero(dones):
-                infos[i] = {
-                    "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
-                    "terminal_observation": info["final_obs"][i].copy(),
-                    "episode": {"r": round(float(self.returns[i]), 6),
-                                "l": int(self.lengths[i]),
-                                "t": round(time.perf_counter() - self.start, 6)},
-                }
-                self.returns[i] = 0.0
-                self.lengths[i] = 0
-            return obs.copy(), rewards.astype(np.float32), dones, infos
-
-        def close(self) -> None:
-            self.batch.close()
-
-        def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-            return [getattr(self.batch, attr_name) for _ in self._get_indices(indices)]
-
-        def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-            raise NotImplementedError("the mazes of this VecEnv share one batch env; "
-                                      "set attributes on .batch")
-
-        def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs):
-            raise NotImplementedError("the mazes of this VecEnv share one batch env; "
-                                      "call methods on .batch")
-
-        def env_is_wrapped(self, wrapper_class: type[gymnasium.Wrapper],
-                           indices=None) -> list[bool]:
-            return [False for _ in self._get_indices(indices)]
-
-    return MazeBatchVecEnv()
-
-
 def make_episode_logger(path: Path, total_rounds: int | None, progress: bool):
     """An SB3 callback writing one CSV row per round of maze episodes (see the module doc)."""
     from stable_baselines3.common.callbacks import BaseCallback
@@ -303,6 +182,7 @@ def train(args: argparse.Namespace) -> Path:
     from stable_baselines3.common.vec_env import VecFrameStack
 
     import envs  # noqa: F401  (registers WarpMaze-v0)
+    from envs.sb3_vec_env import WarpMazeSB3VecEnv
     from warp_rl.utils import atomic_write_bytes, atomic_write_text
 
     if args.size < 5 or args.size % 2 == 0:
@@ -319,7 +199,8 @@ def train(args: argparse.Namespace) -> Path:
         env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
                            env_kwargs={"size": args.size, "episode_length": args.episode_length})
     else:
-        env = make_maze_vec_env(args.n_envs, args.size, args.episode_length)
+        env = WarpMazeSB3VecEnv(args.n_envs, size=args.size,
+                                episode_length=args.episode_length)
         env.seed(args.seed)
     kwargs: dict[str, Any] = {"seed": args.seed, "device": args.device, "gamma": args.gamma}
     if args.n_steps is not None:
@@ -327,7 +208,12 @@ def train(args: argparse.Namespace) -> Path:
     if args.lr is not None:
         kwargs["learning_rate"] = args.lr
     if args.algo == "recurrent_ppo":
-        policy = "MlpLstmPolicy" if args.step_by_step_lstm else one_call_lstm_policy()
+        if args.step_by_step_lstm:
+            policy = "MlpLstmPolicy"
+        else:
+            from agents.sb3_lstm import OneCallLstmPolicy
+
+            policy = OneCallLstmPolicy
         kwargs["policy_kwargs"] = {"lstm_hidden_size": args.hidden}
         # PPO's minibatch must not exceed a rollout (n_steps * n_envs).
         kwargs["batch_size"] = min(args.batch_size or 128,

@@ -120,8 +120,9 @@ def test_batched_vec_env_equals_dummy_vec_env_of_one_maze():
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     import envs  # noqa: F401
+    from envs.sb3_vec_env import WarpMazeSB3VecEnv
 
-    batched = sb3_script.make_maze_vec_env(1, size=5, episode_length=25)
+    batched = WarpMazeSB3VecEnv(1, size=5, episode_length=25)
     dummy = DummyVecEnv([lambda: Monitor(gymnasium.make("WarpMaze-v0", size=5,
                                                          episode_length=25))])
     for env in (batched, dummy):
@@ -156,6 +157,8 @@ def test_one_call_lstm_equals_sb3_contribs_step_by_step_loop():
     import torch
     from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
+    from agents.sb3_lstm import OneCallLstmPolicy, lstm_over_sequences
+
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(6, 5).double()
     n_seq, max_len = 4, 7
@@ -169,7 +172,7 @@ def test_one_call_lstm_equals_sb3_contribs_step_by_step_loop():
     for starts in (starts_at_first, starts_inside, starts_at_first[:, :1]):
         n = starts.numel()
         x = features[:n]
-        ours = sb3_script.lstm_over_sequences(x, states, starts.reshape(-1), lstm)
+        ours = lstm_over_sequences(x, states, starts.reshape(-1), lstm)
         theirs = RecurrentActorCriticPolicy._process_sequence(x, states, starts.reshape(-1),
                                                               lstm)
         torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=1e-12)
@@ -179,4 +182,30 @@ def test_one_call_lstm_equals_sb3_contribs_step_by_step_loop():
         grad_theirs = torch.autograd.grad(theirs[0].square().sum(), [x, *lstm.parameters()])
         for a, b in zip(grad_ours, grad_theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    assert sb3_script.one_call_lstm_policy()._process_sequence is sb3_script.lstm_over_sequences
+    assert OneCallLstmPolicy._process_sequence is lstm_over_sequences
+
+
+def test_batched_vec_env_reports_every_maze_and_refuses_what_it_cannot_do():
+    from envs.sb3_vec_env import WarpMazeSB3VecEnv
+
+    env = WarpMazeSB3VecEnv(3, size=5, episode_length=10)
+    env.seed(0)
+    obs = env.reset()
+    assert obs.shape == (3, 17) and obs.dtype == np.float32
+    totals = np.zeros(3)
+    rng = np.random.default_rng(1)
+    for t in range(10):
+        obs, rewards, dones, infos = env.step(rng.integers(0, 4, size=3))
+        totals += rewards
+        assert dones.all() == (t == 9)
+    assert [info["episode"]["l"] for info in infos] == [10, 10, 10]
+    np.testing.assert_allclose([info["episode"]["r"] for info in infos], totals)
+    assert all(info["terminal_observation"].shape == (17,) for info in infos)
+    obs, rewards, dones, infos = env.step(np.zeros(3, dtype=np.int64))  # a new episode
+    assert infos == [{}, {}, {}] and not dones.any()
+    with pytest.raises(ValueError, match="autoreset_mode is not accepted"):
+        WarpMazeSB3VecEnv(2, autoreset_mode="NextStep")
+    with pytest.raises(NotImplementedError, match=r"set 'size' on \.batch"):
+        env.set_attr("size", 7)
+    with pytest.raises(NotImplementedError, match=r"call 'reset' on \.batch"):
+        env.env_method("reset")
