@@ -32,7 +32,7 @@ with neither (3.7x).
 Usage::
 
     python scripts/train_maze_sb3.py --algo recurrent_ppo --seed 0 --episodes 5000 \\
-        --out runs/sb3_rppo_s0
+        --n-steps 200 --batch-size 3840 --n-epochs 4 --out runs/sb3_rppo_s0
     python scripts/train_maze_sb3.py --algo a2c --seed 0 --timesteps 3000000 --out runs/sb3_a2c_s0
 
 The folder gets ``log.csv``, ``config.json`` (the arguments, with ``agent`` = ``sb3-<algo>``
