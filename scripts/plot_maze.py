@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "markdown table of final reward and episodes to reach thresholds.")
     p.add_argument("runs", nargs="+", type=Path,
                    help="run folders (holding log.csv) or folders above them")
-    p.add_argument("--label", action="append", default=None,
-                   help="agent name: once for all runs, or once per path, in order")
+    p.add_argument("--label", action="extend", nargs="+", default=None,
+                   help="agent name: once for all runs, or once per path, in order "
+                        "(--label a b, or --label a --label b)")
     p.add_argument("--smooth", type=_positive_int, default=100,
                    help="moving-average window in episodes (100)")
     p.add_argument("--last", type=_positive_int, default=250,

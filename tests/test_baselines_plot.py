@@ -76,6 +76,10 @@ def test_table_and_png(runs, tmp_path):
             for line in table.splitlines()[2:]}
     # --label "linear" applies to every run under all/, overriding config files and checkpoints.
     assert set(rows) == {"linear", "nolabel"}
+    # One --label may carry several names, in path order.
+    assert plot_maze.main([str(runs / "all"), str(runs / "nolabel"), "--label", "linear",
+                           "nolabel", "--smooth", "11", "--last", "100", "--out",
+                           str(png)]) == table
 
 
 def test_statistics(runs):
