@@ -209,3 +209,55 @@ def test_batched_vec_env_reports_every_maze_and_refuses_what_it_cannot_do():
         env.set_attr("size", 7)
     with pytest.raises(NotImplementedError, match=r"call 'reset' on \.batch"):
         env.env_method("reset")
+
+
+def model_parameters(path: Path, algo: str) -> dict:
+    cls = sb3_script.import_algo(algo)
+    return {k: v.clone() for k, v in cls.load(path).policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo, flags, first_leg", [
+    # 3 rollouts of 10 steps: the first leg stops mid-episode, LSTM states and all.
+    ("recurrent_ppo", ["--batch-size", "5", "--n-epochs", "2", "--n-steps", "10"],
+     ["--timesteps", "60"]),
+    # SB3's DummyVecEnv of Monitors, under a frame stack; stops after round 2.
+    ("a2c", ["--per-maze-envs"], ["--episodes", "2"]),
+])
+def test_resume_continues_exactly(tmp_path, algo, flags, first_leg):
+    common = ["--algo", algo, "--seed", "2", *TINY[:-3], "--checkpoint-every", "1", *flags]
+    straight = sb3_script.main([*common, "--episodes", "4", "--out", str(tmp_path / "a")])
+    resumed = tmp_path / "b"
+    sb3_script.main([*common, *first_leg, "--out", str(resumed)])
+    rows = len(read_csv(resumed / "log.csv")[1])
+    with open(resumed / "log.csv", "a") as f:  # a row logged after the last checkpoint...
+        f.write(f"{rows},99.0,0.0,150,1.0\n")
+    sb3_script.main([*common, "--episodes", "4", "--out", str(resumed), "--resume"])
+    assert json.loads((resumed / "config.json").read_text())["episodes"] == 4
+    rows_a, rows_b = (read_csv(run / "log.csv")[1] for run in (straight, resumed))
+    drop_clock = [{k: v for k, v in r.items() if k != "wall_s"} for r in rows_a]
+    assert drop_clock == [{k: v for k, v in r.items() if k != "wall_s"} for r in rows_b]
+    assert [int(r["episode"]) for r in rows_b] == [0, 1, 2, 3]  # ... is run again, not kept
+    walls = [float(r["wall_s"]) for r in rows_b]
+    assert walls == sorted(walls)  # the clock goes on from the checkpoint
+    params_a = model_parameters(straight / "model.zip", algo)
+    params_b = model_parameters(resumed / "model.zip", algo)
+    assert params_a.keys() == params_b.keys()
+    for name, value in params_a.items():
+        assert (value == params_b[name]).all(), name
+
+
+def test_resume_and_overwrite_errors(tmp_path):
+    common = ["--algo", "a2c", *TINY, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"no checkpoint\.pkl in .*start without --resume"):
+        sb3_script.main([*common, "--resume"])
+    sb3_script.main(common)
+    before = (tmp_path / "log.csv").read_text()
+    with pytest.raises(SystemExit, match=r"already holds a run .*--resume.*--overwrite"):
+        sb3_script.main(common)
+    assert (tmp_path / "log.csv").read_text() == before  # nothing lost
+    with pytest.raises(SystemExit, match=r"--seed 0 \(run\) vs 1.*only the budget"):
+        sb3_script.main([*common, "--resume", "--seed", "1"])
+    with pytest.raises(SystemExit, match="--resume and --overwrite contradict"):
+        sb3_script.main([*common, "--resume", "--overwrite"])
+    sb3_script.main([*common, "--overwrite", "--seed", "5"])
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 5
