@@ -48,7 +48,6 @@ import dataclasses
 import io
 import math
 import os
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -63,7 +62,13 @@ from agents import AGENTS, make_agent
 from agents.a2c import GAMMA, PENALTY_COEF, VALUE_COEF, A2CLoss, a2c_loss
 from agents.base import RecurrentAgent
 from warp_rl import Partition, distributed, partition
-from warp_rl.utils import atomic_save, atomic_write_bytes, seed_everything
+from warp_rl.utils import (
+    atomic_save,
+    atomic_write_bytes,
+    global_rng_states,
+    seed_everything,
+    set_global_rng_states,
+)
 
 NUM_ACTIONS = 4
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -579,16 +584,7 @@ class Trainer:
     # --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (see :meth:`resume`)."""
-        np_state = np.random.get_state()  # noqa: NPY002 (the global one)
-        rng = {
-            "torch": torch.get_rng_state(),
-            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                      *np_state[2:]),
-            "python": random.getstate(),
-            "generator": self.generator.get_state(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = {**global_rng_states(), "generator": self.generator.get_state()}
         return {
             "format": CHECKPOINT_FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -645,13 +641,8 @@ class Trainer:
         for g, saved in zip(self.warp_grad_sum, ckpt["warp_grad_sum"], strict=True):
             g.copy_(saved)
         rng = ckpt["rng"] if self.world_size == 1 else ckpt["rank_rng"][self.rank]
-        torch.set_rng_state(rng["torch"])
-        name, keys, *rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
-        random.setstate(rng["python"])
+        set_global_rng_states(rng)
         self.generator.set_state(rng["generator"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
         self.episode = int(ckpt["episode"])
         self.wall_s = float(ckpt["wall_s"])
         self.recent_rewards.extend(ckpt["recent_rewards"])

@@ -24,10 +24,9 @@ Algorithms (SB3 defaults unless a flag says otherwise):
 The mazes are stepped together by :class:`envs.sb3_vec_env.WarpMazeSB3VecEnv`, the
 numpy-batched ``WarpMaze-v0`` in SB3's ``VecEnv`` convention; ``--per-maze-envs`` uses SB3's
 ``make_vec_env`` instead (``n_envs`` ``gymnasium.make`` envs, each in a ``Monitor``, in a
-``DummyVecEnv``). Seconds per round of RecurrentPPO with the comparison's settings (30 mazes,
-``--n-steps 200 --batch-size 3840 --n-epochs 4 --threads 1``), one run alone on the 2-core AMD
-EPYC machine, 6 rounds: 4.4 s with both flags, 1.38 s with ``--per-maze-envs`` only, 1.20 s
-with neither (3.7x).
+``DummyVecEnv``). ``scripts/bench_sb3.py`` times the three code paths: with the comparison's
+settings, 4.10 s per round with both flags, 1.57 s with ``--per-maze-envs`` only and 1.19 s
+with neither (3.43x) on the 2-core AMD EPYC machine.
 
 Usage::
 
@@ -54,7 +53,6 @@ import io
 import json
 import math
 import pickle
-import random
 import sys
 import time
 from pathlib import Path
@@ -147,22 +145,6 @@ def import_algo(algo: str) -> type:
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
 
 
-def rng_states() -> dict[str, Any]:
-    """Python's, numpy's and torch's global generators (SB3 samples from all three)."""
-    import torch
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (SB3 draws from it)
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])  # noqa: NPY002
-    torch.set_rng_state(states["torch"])
-
-
 def env_bytes(env: Any) -> bytes:
     """The VecEnv, pickled; SB3's ``VecFrameStack`` is not picklable, so for ``a2c`` the
     frame stack is stored as its wrapped env and its stacked observations."""
@@ -185,18 +167,26 @@ def env_from_bytes(data: bytes, n_stack: int) -> Any:
     return env
 
 
-def checkpoint_bytes(model: Any, rounds: int, wall_s: float, recent: list[float]) -> bytes:
-    """Everything a run needs to go on exactly: the SB3 model (weights, optimiser, step counts,
-    last observations), the LSTM states SB3 does not save, the env with its generators and
-    half-finished episodes, the global generators and the log's position."""
+def sb3_model_bytes(model: Any) -> bytes:
+    """``model.save`` into memory: what ``model.zip`` holds."""
     buf = io.BytesIO()
     model.save(buf)
+    return buf.getvalue()
+
+
+def checkpoint_bytes(model: Any, sb3_model: bytes, rounds: int, wall_s: float,
+                     recent: list[float]) -> bytes:
+    """Everything a run needs to go on exactly: the SB3 model (``sb3_model``: weights,
+    optimiser, step counts, last observations), the LSTM states SB3 does not save, the env with
+    its generators and half-finished episodes, the global generators and the log's position."""
+    from warp_rl.utils import global_rng_states
+
     return pickle.dumps({
         "format": 1,
-        "sb3_model": buf.getvalue(),
+        "sb3_model": sb3_model,
         "last_lstm_states": getattr(model, "_last_lstm_states", None),
         "env": env_bytes(model.get_env()),
-        "rng": rng_states(),
+        "rng": global_rng_states(),
         "rounds": rounds,
         "wall_s": wall_s,
         "recent": recent,
@@ -248,10 +238,13 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
             if self.rounds - self.saved_rounds >= checkpoint_every:
                 self.save_checkpoint()
 
-        def save_checkpoint(self) -> None:
+        def save_checkpoint(self) -> bytes:
+            """Write the checkpoint; returns the SB3 model in it (``model.zip``'s bytes)."""
+            sb3_model = sb3_model_bytes(self.model)
             atomic_write_bytes(out / CHECKPOINT_NAME, checkpoint_bytes(
-                self.model, self.rounds, self.elapsed(), self.recent))
+                self.model, sb3_model, self.rounds, self.elapsed(), self.recent))
             self.saved_rounds = self.rounds
+            return sb3_model
 
         def _on_step(self) -> bool:
             # The env puts {"r": return, "l": length, ...} into the info of every maze whose
@@ -287,7 +280,7 @@ def train(args: argparse.Namespace) -> Path:
 
     import envs  # noqa: F401  (registers WarpMaze-v0)
     from envs.sb3_vec_env import WarpMazeSB3VecEnv
-    from warp_rl.utils import atomic_write_bytes, atomic_write_text
+    from warp_rl.utils import atomic_write_bytes, atomic_write_text, set_global_rng_states
 
     if args.size < 5 or args.size % 2 == 0:
         raise SystemExit(f"--size must be an odd integer >= 5; got {args.size}")
@@ -348,7 +341,7 @@ def train(args: argparse.Namespace) -> Path:
                               force_reset=False)  # keep the last observations: no reset
         if start["last_lstm_states"] is not None:
             model._last_lstm_states = start["last_lstm_states"]
-        set_rng_states(start["rng"])  # after load, which reseeds the global generators
+        set_global_rng_states(start["rng"])  # after load, which reseeds the global generators
         print(f"resuming {out} at round {start['rounds']} ({model.num_timesteps} steps)")
     else:
         existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
@@ -381,11 +374,9 @@ def train(args: argparse.Namespace) -> Path:
         print(f"\ninterrupted; continue with --resume --out {out} (from the last checkpoint, "
               f"round {logger.saved_rounds})", file=sys.stderr)
         raise SystemExit(130) from None
-    logger.save_checkpoint()
+    sb3_model = logger.save_checkpoint()
     env.close()
-    buf = io.BytesIO()
-    model.save(buf)
-    atomic_write_bytes(out / MODEL_NAME, buf.getvalue())
+    atomic_write_bytes(out / MODEL_NAME, sb3_model)
     return out
 
 

@@ -68,3 +68,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (libraries that use the global generator)
     torch.manual_seed(seed)
+
+
+def global_rng_states() -> dict[str, Any]:
+    """Python's, numpy's and torch's global generators (and CUDA's, where there is one), in a
+    form ``torch.load(weights_only=True)`` accepts (numpy's key array as a tensor)."""
+    name, keys, *rest = np.random.get_state()  # noqa: NPY002 (the global one)
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_states` returned (CUDA's only where there is CUDA)."""
+    torch.set_rng_state(states["torch"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
