@@ -15,6 +15,12 @@ AGENTS: dict[str, str] = {
     "rnn": "agents.recurrent:RNNAgent",
     "lstm": "agents.recurrent:LSTMAgent",
     "backpropamine": "agents.backpropamine:BackpropamineAgent",
+    # Warp-RNN variants (docs/agent.md): one change at a time from the published agent, their
+    # combination, and a fast LSTM cell under the warp.
+    "warp_identity": "agents.warp_rnn:WarpIdentityAgent",
+    "warp_orthogonal": "agents.warp_rnn:WarpOrthogonalAgent",
+    "warp_identity_orth": "agents.warp_rnn:WarpIdentityOrthAgent",
+    "warp_lstm": "agents.warp_lstm:WarpLSTMAgent",
 }
 
 

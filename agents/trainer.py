@@ -75,6 +75,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
 CURVE_NAME = "learning_curve.png"
 CHECKPOINT_FORMAT = 1
+CLIP_MODES = ("joint", "separate")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +98,11 @@ class TrainConfig:
         maze_size: odd side length of the square maze (13 in the paper).
         episode_length: steps per episode (200).
         gamma, value_coef, penalty_coef: the A2C loss (see :mod:`agents.a2c`).
-        max_grad_norm: the episode gradient (fast and warp together) is clipped to this L2 norm.
+        max_grad_norm: the episode gradient is clipped to this L2 norm (see ``clip``).
+        clip: ``joint`` (the fast and warp gradients together, as one vector: a large fast
+            gradient also shrinks that episode's warp contribution) or ``separate`` (the fast
+            and the warp gradients each to ``max_grad_norm`` on their own). Agents without
+            warp weights clip all their weights together either way.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         env_backend: ``auto`` (numpy on CPU, torch on CUDA), ``numpy`` or ``torch``.
         checkpoint_every: write the checkpoint every this many episodes (and at the end).
@@ -120,6 +125,7 @@ class TrainConfig:
     value_coef: float = VALUE_COEF
     penalty_coef: float = PENALTY_COEF
     max_grad_norm: float = 4.0
+    clip: str = "joint"
     device: str = "cpu"
     env_backend: str = "auto"
     checkpoint_every: int = 500
@@ -152,6 +158,8 @@ class TrainConfig:
                 raise bad(name, "a finite number >= 0")
         if not isinstance(self.gamma, int | float) or not 0.0 <= self.gamma <= 1.0:
             raise bad("gamma", "a number in [0, 1]")
+        if self.clip not in CLIP_MODES:
+            raise bad("clip", f"one of {', '.join(CLIP_MODES)}")
         if self.env_backend not in ("auto", "numpy", "torch"):
             raise bad("env_backend", "one of auto, numpy, torch")
         try:
@@ -436,6 +444,7 @@ class Trainer:
             self.agent, config.lr, config.warp_lr)
         self.params = [p for p in self.agent.parameters() if p.requires_grad]
         self.warp_params = self.partition.warp_parameters()
+        self.fast_params = self.partition.adapt_parameters()
         # Sum of the warp gradients since the last warp step.
         self.warp_grad_sum = [torch.zeros_like(p) for p in self.warp_params]
         self.generator = torch.Generator(device=self.device)
@@ -487,7 +496,12 @@ class Trainer:
         loss.total.backward()
         if self.world_size > 1:  # the mean of the ranks' mean-loss gradients, before clipping
             distributed.average_gradients_(self.params)
-        grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        if cfg.clip == "separate" and self.warp_params:
+            fast_norm = nn.utils.clip_grad_norm_(self.fast_params, cfg.max_grad_norm)
+            warp_norm = nn.utils.clip_grad_norm_(self.warp_params, cfg.max_grad_norm)
+            grad_norm = torch.hypot(fast_norm, warp_norm)  # the joint norm, before clipping
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         # One host sync per episode: the numbers for the log and the finiteness check.
         episode_reward = rollout.rewards.sum(0)
         if self.world_size > 1:

@@ -47,6 +47,8 @@ from torch import nn
 from agents.base import AutogradUnroller, RecurrentAgent, State, Unroller
 
 NUM_GATES_H = 4  # g_h, g_i, g_hh, g_b: the four gates of width ``hidden_size``
+GATE_FNS = ("tanh", "identity")  # g = tanh(P l) (published) or g = 1 + tanh(P l), P = 0 at start
+FAST_INITS = ("uniform", "orthogonal")
 
 
 def _check_size(name: str, value: object) -> None:
@@ -62,16 +64,26 @@ class GatedRNNCell(nn.Module):
     Args:
         input_size: ``D``, the observation length.
         hidden_size: ``H``.
+        init: ``"uniform"`` (``U(-1/sqrt(H), 1/sqrt(H))`` for every weight and the bias, as
+            ``nn.RNNCell``; the default) or ``"orthogonal"`` (``W_ih`` and ``W_hh`` orthogonal,
+            the bias zero, as the original code initialised them).
     """
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
+    def __init__(self, input_size: int, hidden_size: int, init: str = "uniform") -> None:
         super().__init__()
+        if init not in FAST_INITS:
+            raise ValueError(f"init must be one of {', '.join(FAST_INITS)}; got {init!r}")
         self.w_ih = nn.Linear(input_size, hidden_size, bias=False)
         self.w_hh = nn.Linear(hidden_size, hidden_size, bias=False)
         self.bias = nn.Parameter(torch.empty(hidden_size))
-        bound = 1.0 / math.sqrt(hidden_size)  # nn.RNNCell's initialisation
-        for p in (self.w_ih.weight, self.w_hh.weight, self.bias):
-            nn.init.uniform_(p, -bound, bound)
+        if init == "uniform":
+            bound = 1.0 / math.sqrt(hidden_size)  # nn.RNNCell's initialisation
+            for p in (self.w_ih.weight, self.w_hh.weight, self.bias):
+                nn.init.uniform_(p, -bound, bound)
+        else:  # the original code's: orthogonal weights, zero bias
+            nn.init.orthogonal_(self.w_ih.weight)
+            nn.init.orthogonal_(self.w_hh.weight)
+            nn.init.zeros_(self.bias)
 
     def forward(
         self,
@@ -96,26 +108,46 @@ class WarpRNNAgent(RecurrentAgent):
         obs_dim: observation length ``D`` (17 for the paper's maze).
         num_actions: number of discrete actions ``A`` (4).
         hidden_size: ``H``, width of both the fast cell and the gating LSTM (100 in the paper).
+        gates: ``"tanh"`` (the published gates, ``g = tanh(W_proj lstm_h)``, ``W_proj``
+            initialised as ``nn.Linear``; they start near 0.03, so the fast path starts nearly
+            silent) or ``"identity"`` (``g = 1 + tanh(W_proj lstm_h)`` with ``W_proj``
+            initialised to zero: every gate starts at exactly 1, the network starts as the plain
+            fast RNN, and the warp learns to modulate it; gates lie in ``(0, 2)``).
+        fast_init: the fast cell's initialisation, ``"uniform"`` or ``"orthogonal"`` (see
+            :class:`GatedRNNCell`).
+        fused_unroll: train with :class:`WarpRNNTape` (True, the default) or with autograd
+            through :meth:`forward` at every step (False; slower, the reference).
+
+    The defaults are the published agent (``--agent warp``); the registered variants
+    (``warp_identity``, ``warp_orthogonal``, ``warp_identity_orth``) change ``gates`` and
+    ``fast_init`` only.
 
     State: ``(h, lstm_h, lstm_c)``, each ``(B, H)``: the fast cell's hidden state and the
     gating LSTM's hidden and cell states. All zeros at the start of an episode.
     """
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 100) -> None:
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 100,
+                 gates: str = "tanh", fast_init: str = "uniform",
+                 fused_unroll: bool = True) -> None:
         for name, value in (("obs_dim", obs_dim), ("num_actions", num_actions),
                             ("hidden_size", hidden_size)):
             _check_size(name, value)
+        if gates not in GATE_FNS:
+            raise ValueError(f"gates must be one of {', '.join(GATE_FNS)}; got {gates!r}")
         super().__init__(obs_dim, num_actions, hidden_size)
+        self.gate_fn = gates
         # Fast weights.
-        self.cell = GatedRNNCell(obs_dim, hidden_size)
+        self.cell = GatedRNNCell(obs_dim, hidden_size, init=fast_init)
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
         # Warp weights.
         self.gate_lstm = nn.LSTMCell(obs_dim + hidden_size, hidden_size)
         self.gate_proj = nn.Linear(hidden_size, obs_dim + NUM_GATES_H * hidden_size, bias=False)
+        if gates == "identity":
+            nn.init.zeros_(self.gate_proj.weight)
         # Cumulative split points of the projection output: [g_x | g_h | g_i | g_hh | g_b].
         self.gate_sizes: tuple[int, ...] = (obs_dim,) + (hidden_size,) * NUM_GATES_H
-        self.fused_unroll = True  # train with WarpRNNTape (False: autograd through forward)
+        self.fused_unroll = fused_unroll  # WarpRNNTape (True) or autograd through forward
         self._workspace: _TapeWorkspace | None = None  # the tape's buffers, reused
 
     def warp_modules(self) -> list[nn.Module]:
@@ -140,11 +172,13 @@ class WarpRNNAgent(RecurrentAgent):
 
         Returns:
             ``((g_x, g_h, g_i, g_hh, g_b), (lstm_h, lstm_c))`` with ``g_x (B, D)``, the other
-            gates ``(B, H)``, all in ``(-1, 1)``.
+            gates ``(B, H)``, all in ``(-1, 1)`` (``(0, 2)`` for ``gates="identity"``).
         """
         h, lstm_h, lstm_c = state
         lstm_h, lstm_c = self.gate_lstm(torch.cat((obs, h), dim=1), (lstm_h, lstm_c))
         g = torch.tanh(self.gate_proj(lstm_h))
+        if self.gate_fn == "identity":
+            g = g + 1.0
         return torch.split(g, self.gate_sizes, dim=1), (lstm_h, lstm_c)
 
     def forward(
@@ -171,6 +205,30 @@ class WarpRNNAgent(RecurrentAgent):
                 self.policy.weight, self.policy.bias, self.value.weight, self.value.bias,
                 lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh,
                 self.gate_proj.weight)
+
+
+class WarpIdentityAgent(WarpRNNAgent):
+    """``warp_identity``: the published agent with identity-centred gates
+    (``gates="identity"``), nothing else changed."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 100) -> None:
+        super().__init__(obs_dim, num_actions, hidden_size, gates="identity")
+
+
+class WarpOrthogonalAgent(WarpRNNAgent):
+    """``warp_orthogonal``: the published agent with the original code's orthogonal fast
+    weights and zero bias (``fast_init="orthogonal"``), nothing else changed."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 100) -> None:
+        super().__init__(obs_dim, num_actions, hidden_size, fast_init="orthogonal")
+
+
+class WarpIdentityOrthAgent(WarpRNNAgent):
+    """``warp_identity_orth``: identity-centred gates and orthogonal fast weights together."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 100) -> None:
+        super().__init__(obs_dim, num_actions, hidden_size, gates="identity",
+                         fast_init="orthogonal")
 
 
 class _TapeWorkspace:
@@ -273,6 +331,7 @@ class WarpRNNTape(Unroller):
     def __init__(self, agent: WarpRNNAgent, batch_size: int, length: int,
                  device: torch.device | str | None = None) -> None:
         self.agent = agent
+        self.identity_gates = agent.gate_fn == "identity"
         self.params = agent.tape_parameters()
         self.versions = [p._version for p in self.params]
         weight = agent.policy.weight
@@ -330,8 +389,10 @@ class WarpRNNTape(Unroller):
         g = ws.v_g[t].mul_(2.0).sub_(1.0)  # tanh of the cell candidate
         c = torch.addcmul(ws.v_f[t] * ws.v_lc[t], ws.v_i[t], g, out=ws.v_lc[t + 1])
         lstm_h = torch.mul(ws.v_o[t], torch.tanh(c, out=ws.v_tc[t]), out=ws.v_lh[t + 1])
-        # The five gates, tanh(W_proj lstm_h).
-        torch.mm(lstm_h, self.w_proj2_t, out=ws.v_gates[t]).sigmoid_().mul_(2.0).sub_(1.0)
+        # The five gates, tanh(W_proj lstm_h) = 2 sigmoid(2 y) - 1 (+ 1 for identity gates).
+        gates = torch.mm(lstm_h, self.w_proj2_t, out=ws.v_gates[t]).sigmoid_().mul_(2.0)
+        if not self.identity_gates:  # (1 + tanh(y) = 2 sigmoid(2 y) as it is)
+            gates.sub_(1.0)
         # The fast, gated RNN cell.
         u = torch.mm(torch.mul(x, ws.v_gx[t], out=ws.v_xa[t]), self.w_ih_t, out=ws.v_u[t])
         w = torch.mm(torch.mul(h, ws.v_gh[t], out=ws.v_ha[t]), self.w_hh_t, out=ws.v_w[t])
@@ -372,7 +433,10 @@ class WarpRNNTape(Unroller):
         h_all = ws.zz[1:T + 1, :, D:D + H]
         torch.mul(h_all, h_all, out=ws.h_slope[:T]).neg_().add_(1.0)
         gates = ws.gates[:T]
-        torch.mul(gates, gates, out=ws.gates_slope[:T]).neg_().add_(1.0)
+        if self.identity_gates:  # g = 1 + tanh(y): g' = 1 - (g - 1)^2 = g (2 - g)
+            torch.mul(gates, 2.0 - gates, out=ws.gates_slope[:T])
+        else:  # g = tanh(y): g' = 1 - g^2
+            torch.mul(gates, gates, out=ws.gates_slope[:T]).neg_().add_(1.0)
         ws.uwb[:T, :, 2] = self.bias  # what g_b multiplies, beside u and w (one product below)
 
         d_h = ws.zz.new_zeros(B, H)  # dL/dh_t from the steps after t

@@ -62,7 +62,7 @@ QUICK = dict(episodes=600, batch_size=30, hidden_size=64, lr=3e-3, warp_lr=3e-3,
 
 CONFIG_FLAGS = ("agent", "seed", "episodes", "batch_size", "hidden_size", "lr", "warp_lr",
                 "meta_interval", "warmup_episodes", "maze_size", "episode_length", "device",
-                "checkpoint_every", "threads")
+                "checkpoint_every", "threads", "clip")
 
 
 def paper_preset(agent: str) -> dict:
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-episodes", type=int, help="first episodes without any step")
     p.add_argument("--maze-size", type=int, help="odd side of the square maze")
     p.add_argument("--episode-length", type=int, help="steps per episode")
+    p.add_argument("--clip", choices=("joint", "separate"),
+                   help="clip the fast and warp gradients to the norm 4.0 together (joint, "
+                   "default) or each on its own (separate)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1; at batch 30 "
