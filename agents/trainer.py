@@ -1,19 +1,22 @@
-"""The maze trainer: A2C on a batch of mazes, with the paper's two-optimiser warp schedule.
+"""The maze trainer: A2C on a batch of mazes; fast weights stepped every episode, warp weights
+meta-learned by a swappable warp objective.
 
 One *episode* of training is::
 
-    obs = env.reset(seed_of(episode))                    # B mazes, all in lockstep
-    for t in range(T):                                   # T = episode_length steps
-        logits, value, state = agent(obs, state)
-        action = argmax(logits + Gumbel noise)           # a sample of softmax(logits)
-        obs, reward = env.step(action)                   # reward earned by this action
+    rollout = collect_rollout(agent, env, ...)           # agents/rollout.py: B mazes in lockstep,
+                                                         # T steps, Gumbel-max action samples
     loss = a2c_loss(logits, values, actions, rewards)    # agents/a2c.py
-    loss.backward(); clip_grad_norm_(all parameters, 4.0)
-    if episode >= warmup_episodes:
+    loss.backward(); clip (jointly, or fast and warp separately: --clip)
+    fast_step = episode >= warmup_episodes
+    objective.record(episode, rollout, fast_step)        # agents/warp_objectives.py
+    if fast_step:
         fast_opt.step()                                  # fast weights, every episode
-        warp_grad_sum += warp gradients
-        if (episode - warmup_episodes + 1) % meta_interval == 0:
-            warp_opt.step(on warp_grad_sum); warp_grad_sum = 0   # warp weights
+    objective.step(episode)                              # warp weights, when the objective says
+
+The default objective, ``two_timescale``, is the paper's schedule: it sums the warp gradients of
+the post-warm-up episodes and steps the warp Adam on the sum every ``meta_interval`` episodes.
+``algorithm2`` and ``first_order`` meta-learn the warp weights with WarpGrad's Algorithm 2 on
+replayed episode pairs (see :mod:`agents.warp_objectives`).
 
 The fast/warp split comes from :func:`warp_rl.partition` over the agent's
 ``adapt_modules()`` / ``warp_modules()``; agents without warp modules (the baselines) get one
@@ -52,15 +55,24 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+import envs.batch_env
 from agents import AGENTS, make_agent
 from agents.a2c import GAMMA, PENALTY_COEF, VALUE_COEF, A2CLoss, a2c_loss
 from agents.base import RecurrentAgent
+from agents.rollout import collect_rollout, episode_seeds
+from agents.warp_objectives import (
+    WARP_OBJECTIVES,
+    WarpContext,
+    WarpObjective,
+    make_warp_objective,
+)
+from envs.batch_env import BatchEnv
 from warp_rl import Partition, distributed, partition
 from warp_rl.utils import (
     atomic_save,
@@ -86,7 +98,8 @@ class TrainConfig:
     """Everything that defines a training run. The defaults are the paper's settings.
 
     Attributes:
-        agent: name in :data:`agents.AGENTS` (``warp``, ``rnn``, ``lstm``, ``backpropamine``).
+        agent: name in :data:`agents.AGENTS` (``warp`` and its variants, ``rnn``, ``lstm``,
+            ``backpropamine``).
         seed: seeds the initial weights, every maze and every action sample.
         episodes: total number of training episodes (one episode = ``batch_size`` mazes).
         batch_size: mazes per episode, run in lockstep.
@@ -94,6 +107,10 @@ class TrainConfig:
         lr: Adam learning rate of the fast weights (all weights for baselines).
         warp_lr: Adam learning rate of the warp weights.
         meta_interval: warp step every this many (post-warmup) episodes.
+        warp_objective: how the warp weights are meta-learned, a name in
+            :data:`agents.warp_objectives.WARP_OBJECTIVES` (``two_timescale``, the paper's;
+            ``algorithm2``; ``first_order``). Ignored by agents without warp weights.
+        warp_pairs: episode pairs replayed per warp step by ``algorithm2`` / ``first_order``.
         warmup_episodes: no optimiser step at all during the first this many episodes.
         maze_size: odd side length of the square maze (13 in the paper).
         episode_length: steps per episode (200).
@@ -118,6 +135,8 @@ class TrainConfig:
     lr: float = 1e-3
     warp_lr: float = 1e-3
     meta_interval: int = 30
+    warp_objective: str = "two_timescale"
+    warp_pairs: int = 2
     warmup_episodes: int = 100
     maze_size: int = 13
     episode_length: int = 200
@@ -141,6 +160,7 @@ class TrainConfig:
             raise bad("agent", f"one of {', '.join(sorted(AGENTS))}")
         for name, low in (("episodes", 1), ("batch_size", 1), ("hidden_size", 1),
                           ("meta_interval", 1), ("warmup_episodes", 0), ("episode_length", 1),
+                          ("warp_pairs", 1),
                           ("checkpoint_every", 1), ("threads", 1), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -158,6 +178,8 @@ class TrainConfig:
                 raise bad(name, "a finite number >= 0")
         if not isinstance(self.gamma, int | float) or not 0.0 <= self.gamma <= 1.0:
             raise bad("gamma", "a number in [0, 1]")
+        if self.warp_objective not in WARP_OBJECTIVES:
+            raise bad("warp_objective", f"one of {', '.join(WARP_OBJECTIVES)}")
         if self.clip not in CLIP_MODES:
             raise bad("clip", f"one of {', '.join(CLIP_MODES)}")
         if self.env_backend not in ("auto", "numpy", "torch"):
@@ -176,127 +198,16 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# Batched environments as torch tensors
+# The batched maze (envs/batch_env.py) for a config
 # ------------------------------------------------------------------------------------------------
-class BatchEnv(Protocol):
-    """What the trainer needs from a batch of mazes (all tensors on the trainer's device)."""
-
-    num_envs: int
-    obs_dim: int
-
-    def reset(self, seed: int) -> torch.Tensor:
-        """Start a new episode in every maze; returns obs ``(B, D)`` float32."""
-
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions ``(B,)`` int64 -> ``(obs (B, D) float32, reward (B,) float32 or float64)``."""
-
-
-class NumpyBatchEnv:
-    """``envs.WarpMazeVectorEnv`` seen through torch tensors (CPU).
-
-    Observations and rewards are shared with the env's arrays, not copied: the env builds new
-    arrays every step and never writes to them again (autograd may keep an observation for the
-    backward pass; the Warp-RNN's tape copies it into its own buffer). Actions go in without a
-    copy.
-    """
-
-    def __init__(self, num_envs: int, size: int, episode_length: int) -> None:
-        import envs
-
-        self.venv = envs.WarpMazeVectorEnv(num_envs, size=size, episode_length=episode_length)
-        self.num_envs = num_envs
-        self.obs_dim = int(self.venv.single_observation_space.shape[0])
-
-    def reset(self, seed: int) -> torch.Tensor:
-        obs, _ = self.venv.reset(seed=seed)
-        return torch.from_numpy(obs)
-
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        obs, reward, _, _, _ = self.venv.step(actions.numpy())
-        return torch.from_numpy(obs), torch.from_numpy(reward)
-
-
-class TorchBatchEnv:
-    """``envs.TorchMazeBatch``: the maze dynamics as torch ops on the trainer's device."""
-
-    def __init__(self, num_envs: int, size: int, episode_length: int,
-                 device: torch.device) -> None:
-        import envs
-
-        # Actions come from argmax, always valid: skip the check (a host sync per step).
-        self.batch = envs.TorchMazeBatch(num_envs, size=size, episode_length=episode_length,
-                                         device=device, validate_actions=False)
-        self.num_envs = num_envs
-        self.obs_dim = int(self.batch.obs_dim)
-
-    def reset(self, seed: int) -> torch.Tensor:
-        return self.batch.reset(seed)
-
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        obs, reward, _ = self.batch.step(actions)
-        return obs, reward.float()
-
-
 def make_batch_env(config: TrainConfig, num_envs: int | None = None,
                    device: torch.device | None = None) -> BatchEnv:
     """The batched maze for ``config`` (see :attr:`TrainConfig.env_backend`): ``num_envs``
     mazes (default ``config.batch_size``) on ``device`` (default ``config.device``)."""
     device = torch.device(config.device) if device is None else device
     num_envs = config.batch_size if num_envs is None else num_envs
-    backend = config.env_backend
-    if backend == "auto":
-        backend = "numpy" if device.type == "cpu" else "torch"
-    if backend == "numpy":
-        return NumpyBatchEnv(num_envs, config.maze_size, config.episode_length)
-    return TorchBatchEnv(num_envs, config.maze_size, config.episode_length, device)
-
-
-# ------------------------------------------------------------------------------------------------
-# Rollout
-# ------------------------------------------------------------------------------------------------
-class Rollout(NamedTuple):
-    """One batch of episodes: ``T`` steps of ``B`` mazes, ``A`` actions."""
-
-    logits: torch.Tensor  # (T, B, A), in the autograd graph
-    values: torch.Tensor  # (T, B), in the autograd graph
-    actions: torch.Tensor  # (T, B) int64
-    rewards: torch.Tensor  # (T, B) float32, rewards[t] earned by actions[t]
-
-
-def episode_seeds(seed: int, episode: int, rank: int = 0) -> tuple[int, int]:
-    """``(env_seed, sample_seed)`` of an episode on rank ``rank``: a function of ``(seed,
-    episode, rank)`` only. Rank 0 (and a single process) uses ``SeedSequence([seed, episode])``,
-    rank ``r > 0`` uses ``SeedSequence([seed, episode, r])``."""
-    entropy = [seed, episode] if rank == 0 else [seed, episode, rank]
-    env_seed, sample_seed = np.random.SeedSequence(entropy).generate_state(2)
-    return int(env_seed), int(sample_seed)
-
-
-def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed: int,
-                    generator: torch.Generator) -> Rollout:
-    """Run ``length`` steps of every maze from a fresh reset, keeping what the loss needs.
-
-    The agent is stepped through its :meth:`~agents.base.RecurrentAgent.unroller` (autograd per
-    step by default; the Warp-RNN's fused tape records activations and back-propagates through
-    time by hand). Actions are sampled with the Gumbel-max trick, ``argmax(logits + g)`` with
-    ``g = -log(Exponential(1))`` drawn for the whole episode up front from ``generator``: an
-    exact sample of ``softmax(logits)`` without a distribution object or a device sync per step.
-    """
-    device = generator.device
-    batch = env.num_envs
-    obs = env.reset(env_seed)
-    unroll = agent.unroller(batch, length, device)
-    noise = torch.empty(length, batch, agent.num_actions, device=device)
-    noise = noise.exponential_(generator=generator).log_().neg_()
-    actions = torch.empty(length, batch, dtype=torch.long, device=device)
-    rewards = torch.empty(length, batch, device=device)
-    for t in range(length):
-        logits = unroll.step(obs)
-        torch.argmax(logits + noise[t], dim=-1, out=actions[t])
-        obs, reward = env.step(actions[t])
-        rewards[t] = reward
-    logits, values = unroll.outputs()
-    return Rollout(logits, values, actions, rewards)
+    return envs.batch_env.make_batch_env(num_envs, config.maze_size, config.episode_length,
+                                         device, config.env_backend)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,8 +356,16 @@ class Trainer:
         self.params = [p for p in self.agent.parameters() if p.requires_grad]
         self.warp_params = self.partition.warp_parameters()
         self.fast_params = self.partition.adapt_parameters()
-        # Sum of the warp gradients since the last warp step.
-        self.warp_grad_sum = [torch.zeros_like(p) for p in self.warp_params]
+        # How the warp weights learn (None for agents without warp weights).
+        self.objective: WarpObjective | None = None
+        if self.warp_opt is not None:
+            self.objective = make_warp_objective(config.warp_objective, WarpContext(
+                agent=self.agent, fast_params=self.fast_params, warp_params=self.warp_params,
+                fast_opt=self.fast_opt, warp_opt=self.warp_opt,
+                meta_interval=config.meta_interval, warmup_episodes=config.warmup_episodes,
+                max_grad_norm=config.max_grad_norm, gamma=config.gamma,
+                value_coef=config.value_coef, penalty_coef=config.penalty_coef,
+                warp_pairs=config.warp_pairs, seed=config.seed))
         self.generator = torch.Generator(device=self.device)
         self.episode = 0
         self.wall_s = 0.0
@@ -470,9 +389,7 @@ class Trainer:
 
     def is_warp_step(self, episode: int) -> bool:
         """True if the warp optimiser steps after ``episode`` (0-based)."""
-        if self.warp_opt is None or self.is_warmup(episode):
-            return False
-        return (episode - self.config.warmup_episodes + 1) % self.config.meta_interval == 0
+        return self.objective is not None and self.objective.is_warp_step(episode)
 
     def train_episode(self) -> dict[str, Any]:
         """Collect one batch of episodes, compute the loss and take the scheduled steps.
@@ -518,17 +435,11 @@ class Trainer:
                 f"value={value}, penalty={penalty}, grad_norm={norm}")
 
         fast_step = not self.is_warmup(episode)
-        warp_step = self.is_warp_step(episode)
+        if self.objective is not None:
+            self.objective.record(episode, rollout, fast_step)
         if fast_step:
             self.fast_opt.step()
-            if self.warp_opt is not None:
-                torch._foreach_add_(self.warp_grad_sum, [p.grad for p in self.warp_params])
-        if warp_step:
-            for p, g in zip(self.warp_params, self.warp_grad_sum, strict=True):
-                p.grad = g.clone()
-            self.warp_opt.step()
-            for g in self.warp_grad_sum:
-                g.zero_()
+        warp_step = self.objective is not None and self.objective.step(episode)
         for p in self.params:
             p.grad = None
         end = time.perf_counter()
@@ -607,7 +518,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "fast_opt": self.fast_opt.state_dict(),
             "warp_opt": None if self.warp_opt is None else self.warp_opt.state_dict(),
-            "warp_grad_sum": [g.clone() for g in self.warp_grad_sum],
+            "warp_objective": None if self.objective is None else self.objective.state_dict(),
             "rng": rng,
             "log_bytes": self.log.sync(),
             "wall_s": self.wall_s,
@@ -652,8 +563,10 @@ class Trainer:
             raise ValueError("checkpoint and agent disagree on whether there are warp weights")
         if self.warp_opt is not None:
             self.warp_opt.load_state_dict(ckpt["warp_opt"])
-        for g, saved in zip(self.warp_grad_sum, ckpt["warp_grad_sum"], strict=True):
-            g.copy_(saved)
+        if self.objective is not None:
+            # (checkpoints written before objectives existed hold the sum at the top level)
+            state = ckpt.get("warp_objective") or {"warp_grad_sum": ckpt["warp_grad_sum"]}
+            self.objective.load_state_dict(state)
         rng = ckpt["rng"] if self.world_size == 1 else ckpt["rank_rng"][self.rank]
         set_global_rng_states(rng)
         self.generator.set_state(rng["generator"])

@@ -43,6 +43,7 @@ from agents.trainer import (
     read_log,
     save_learning_curve,
 )
+from agents.warp_objectives import WARP_OBJECTIVES
 from warp_rl import distributed
 from warp_rl.utils import atomic_write_text
 
@@ -62,7 +63,7 @@ QUICK = dict(episodes=600, batch_size=30, hidden_size=64, lr=3e-3, warp_lr=3e-3,
 
 CONFIG_FLAGS = ("agent", "seed", "episodes", "batch_size", "hidden_size", "lr", "warp_lr",
                 "meta_interval", "warmup_episodes", "maze_size", "episode_length", "device",
-                "checkpoint_every", "threads", "clip")
+                "checkpoint_every", "threads", "clip", "warp_objective", "warp_pairs")
 
 
 def paper_preset(agent: str) -> dict:
@@ -89,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-episodes", type=int, help="first episodes without any step")
     p.add_argument("--maze-size", type=int, help="odd side of the square maze")
     p.add_argument("--episode-length", type=int, help="steps per episode")
+    p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVES),
+                   help="how the warp weights are meta-learned: two_timescale (the paper's "
+                   "schedule, default), algorithm2 (WarpGrad's Algorithm 2 on replayed episode "
+                   "pairs) or first_order (algorithm2 without the second-order term)")
+    p.add_argument("--warp-pairs", type=int, help="episode pairs replayed per warp step by "
+                   "algorithm2 and first_order (default: 2)")
     p.add_argument("--clip", choices=("joint", "separate"),
                    help="clip the fast and warp gradients to the norm 4.0 together (joint, "
                    "default) or each on its own (separate)")

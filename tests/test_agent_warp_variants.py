@@ -188,7 +188,7 @@ def test_separate_clipping_bounds_fast_and_warp_gradients_each(clip, tmp_path, m
     row = trainer.train_episode()
     trainer.close()
     warp = torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm(g) for g in trainer.warp_grad_sum]))
+        [torch.linalg.vector_norm(g) for g in trainer.objective.warp_grad_sum]))
     assert row["grad_norm"] > 1e-2  # far above the clip norm: clipping is active
     if clip == "separate":
         torch.testing.assert_close(seen["fast"].item(), 1e-3, rtol=1e-4, atol=0)

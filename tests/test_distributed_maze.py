@@ -15,14 +15,12 @@ import torch
 from test_distributed_helpers import launch
 
 from agents.a2c import a2c_loss
+from agents.rollout import Rollout, collect_rollout, episode_seeds
 from agents.trainer import (
     LOG_FIELDS,
     TIMING_FIELDS,
-    Rollout,
     TrainConfig,
     Trainer,
-    collect_rollout,
-    episode_seeds,
     load_checkpoint,
     make_batch_env,
     read_log,

@@ -13,6 +13,8 @@ task adapted. Every objective holds ``theta_k`` constant: gradients flow only in
   step sizes / momentum (Meta-SGD-style, one per parameter tensor, i.e. per layer).
 * :func:`first_order_loss`: ``L(theta_k, phi; batch)``, no inner step (the paper's cheap
   variant; gives no gradient to ``alpha``/``mu``).
+* :func:`adam_step`: one differentiable ``torch.optim.Adam`` step from a stored optimiser
+  state (the maze trainer's fast optimiser; see ``agents.warp_objectives``).
 * :func:`leap_gradient`: the simplified Leap gradient of the initialisation ``theta_0``,
   ``(1 / T) * sum_tasks sum_k (theta_k - theta_{k+1}) / ||theta_k - theta_{k+1}||`` with the
   norm taken over all adaptable tensors together (``normalise=False`` drops the division, so a
@@ -27,6 +29,7 @@ numbers (see :func:`affine_outside_norms` for the one PyTorch quirk this needs).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -69,6 +72,41 @@ def sgd_step(
         if momenta is not None and momentum_buffers is not None:
             direction = momenta[name] * momentum_buffers[name] + direction
         out[name] = t - step_sizes[name] * direction
+    return out
+
+
+def adam_step(
+    theta: Mapping[str, torch.Tensor],
+    grads: Mapping[str, torch.Tensor],
+    exp_avg: Mapping[str, torch.Tensor],
+    exp_avg_sq: Mapping[str, torch.Tensor],
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> Tensors:
+    """One (differentiable) step of ``torch.optim.Adam`` (no weight decay, no AMSGrad) from the
+    optimiser state ``(exp_avg, exp_avg_sq, step)`` held before the step, per tensor name::
+
+        m' = b1 m + (1 - b1) g          v' = b2 v + (1 - b2) g^2          t' = step + 1
+        theta' = theta - lr / (1 - b1^t') * m' / (sqrt(v') / sqrt(1 - b2^t') + eps)
+
+    The same numbers as ``Adam.step`` (tested), but a function of ``grads``, so a gradient can
+    flow through the step into whatever the gradients depend on. ``sqrt`` is taken as 0 with a
+    zero derivative where ``v' = 0`` (a weight that has never had a gradient), where the plain
+    square root's derivative would be infinite.
+    """
+    b1, b2 = betas
+    t = step + 1
+    bias1, bias2 = 1.0 - b1 ** t, math.sqrt(1.0 - b2 ** t)
+    out: Tensors = {}
+    for name, th in theta.items():
+        g = grads[name]
+        m = b1 * exp_avg[name] + (1.0 - b1) * g
+        v = b2 * exp_avg_sq[name] + (1.0 - b2) * g * g
+        positive = v > 0
+        root = torch.where(positive, v, torch.ones_like(v)).sqrt() * positive
+        out[name] = th - (lr / bias1) * m / (root / bias2 + eps)
     return out
 
 
