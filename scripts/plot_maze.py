@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import math
@@ -45,6 +46,7 @@ from warp_rl.cli import finite_float as _finite
 from warp_rl.cli import positive_int as _positive_int
 
 LOG_NAME = "log.csv"
+LOG_NAMES = (LOG_NAME, LOG_NAME + ".gz")  # a run's log, plain or gzip-compressed (results/)
 CONFIG_NAMES = ("config.json", "args.json")
 # Accepted spellings of the three columns (ours first).
 EPISODE_COLUMNS = ("episode",)
@@ -72,19 +74,20 @@ class Run:
 # Reading runs
 # ------------------------------------------------------------------------------------------------
 def find_runs(path: Path) -> list[Path]:
-    """Run folders at or under ``path``: ``path`` itself if it holds ``log.csv``, else every
-    folder below it that does (sorted)."""
+    """Run folders at or under ``path``: ``path`` itself if it holds ``log.csv`` (or
+    ``log.csv.gz``), else every folder below it that does (sorted)."""
     if not path.exists():
         raise FileNotFoundError(f"run path {path} does not exist")
     if path.is_file():
-        if path.name != LOG_NAME:
-            raise ValueError(f"{path} is a file but not a {LOG_NAME}; give run folders")
+        if path.name not in LOG_NAMES:
+            raise ValueError(f"{path} is a file but not a {' or '.join(LOG_NAMES)}; give run "
+                             "folders")
         return [path.parent]
-    if (path / LOG_NAME).is_file():
+    if any((path / name).is_file() for name in LOG_NAMES):
         return [path]
-    found = sorted(p.parent for p in path.rglob(LOG_NAME))
+    found = sorted({p.parent for name in LOG_NAMES for p in path.rglob(name)})
     if not found:
-        raise FileNotFoundError(f"no {LOG_NAME} in {path} or any folder below it")
+        raise FileNotFoundError(f"no {' or '.join(LOG_NAMES)} in {path} or any folder below it")
     return found
 
 
@@ -116,9 +119,13 @@ def _column(header: Sequence[str], accepted: Sequence[str], path: Path) -> int:
 
 
 def read_run(run_dir: Path, label: str | None = None) -> Run:
-    """Load ``run_dir/log.csv``; ``label`` (or the recorded agent name) names its agent."""
+    """Load ``run_dir/log.csv`` (or ``log.csv.gz``); ``label`` (or the recorded agent name)
+    names its agent."""
     path = run_dir / LOG_NAME
-    with open(path, newline="") as f:
+    if not path.is_file() and (run_dir / (LOG_NAME + ".gz")).is_file():
+        path = run_dir / (LOG_NAME + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise ValueError(f"{path} is empty")

@@ -111,7 +111,7 @@ def test_other_column_spellings_are_read(runs):
 def test_errors_are_clear(runs, tmp_path):
     with pytest.raises(SystemExit, match="pass --label"):
         plot_maze.main([str(runs / "nolabel"), "--out", str(tmp_path / "x.png")])
-    with pytest.raises(SystemExit, match=r"no log\.csv in"):
+    with pytest.raises(SystemExit, match=r"no log\.csv or log\.csv\.gz in"):
         (tmp_path / "empty").mkdir()
         plot_maze.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit, match="once per path \\(2\\); got 3"):
@@ -134,3 +134,19 @@ def test_smoothed_reward_at_given_episodes(runs):
     table = plot_maze.markdown_table([lin], last=101, at=[500, 1000, 5000])
     assert table.splitlines()[0].count("| at ") == 3
     assert "| 50.4 | 100.4 | - |" in table
+
+
+def test_compressed_logs_give_the_same_table(runs, tmp_path):
+    """results/ keeps logs as log.csv.gz; the table from them equals the table from log.csv."""
+    import gzip
+    import shutil
+
+    plain = plot_maze.main([str(runs / "all"), "--out", str(tmp_path / "a.png"), "--at", "500"])
+    packed = tmp_path / "packed"
+    shutil.copytree(runs / "all", packed)
+    for log in packed.rglob("log.csv"):
+        with open(log, "rb") as src, gzip.open(log.with_name("log.csv.gz"), "wb") as dst:
+            dst.write(src.read())
+        log.unlink()
+    got = plot_maze.main([str(packed), "--out", str(tmp_path / "b.png"), "--at", "500"])
+    assert got == plain and "linear" in got and "flat" in got
