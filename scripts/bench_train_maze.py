@@ -20,6 +20,12 @@ steps of the episode. Run on one CPU thread by default::
     python scripts/bench_train_maze.py                      # batch 30 and 1024
     python scripts/bench_train_maze.py --batch-sizes 30 --episodes 2
     python scripts/bench_train_maze.py --device cuda       # the original also ran on a GPU
+    python scripts/bench_train_maze.py --objectives        # cost of each warp objective
+
+``--objectives`` measures instead what each warp objective (``agents.warp_objectives``) costs
+at the paper's size: seconds per episode averaged over whole warp intervals (so the warp
+steps' replays are included), seconds per warp step, and the peak resident memory of a fresh
+process that trains with it, each objective in its own process.
 
 Speed-ups are wall-clock against the original style at the same batch size; "cpu s/ep" is the
 process CPU time, a steadier figure on a busy machine.
@@ -203,6 +209,60 @@ def time_interleaved(runners: dict[str, Callable[[], None]], warmup: int, episod
             for name, ts in times.items()}
 
 
+def one_objective(args: argparse.Namespace) -> dict[str, float]:
+    """Train ``args.intervals`` warp intervals with objective ``args.one_objective``; the
+    costs as a dict (run in a fresh process by :func:`objective_costs`)."""
+    import resource
+
+    cfg = TrainConfig(agent=args.agent, batch_size=args.batch_sizes[0],
+                      hidden_size=args.hidden_size, maze_size=args.maze_size,
+                      episode_length=args.episode_length, warmup_episodes=0,
+                      meta_interval=args.meta_interval, warp_objective=args.one_objective,
+                      warp_pairs=args.warp_pairs, threads=args.threads, episodes=1,
+                      device=args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, tmp)
+        trainer.train_episode()  # untimed: first-touch of buffers
+        for _ in range(args.meta_interval - 1):  # to the end of the first interval
+            trainer.train_episode()
+        wall, cpu = time.perf_counter(), time.process_time()
+        rows = [trainer.train_episode() for _ in range(args.intervals * args.meta_interval)]
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        trainer.close()
+    warp = [r["update_s"] for r in rows if r["warp_step"]]
+    return {"s_per_episode": wall / len(rows), "cpu_s_per_episode": cpu / len(rows),
+            "s_per_warp_step": float(np.median(warp)) if warp else float("nan"),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def objective_costs(args: argparse.Namespace) -> None:
+    """Print the cost of every objective in ``args.objectives``, each in a fresh process."""
+    import json
+    import subprocess
+
+    print(f"warp objectives: agent {args.agent}, batch {args.batch_sizes[0]}, maze "
+          f"{args.maze_size}x{args.maze_size}, {args.episode_length} steps, hidden "
+          f"{args.hidden_size}, warp step every {args.meta_interval} episodes, "
+          f"{args.warp_pairs} replayed pair(s) per warp step, {args.intervals} interval(s) "
+          f"timed, {args.threads} thread(s) on {args.device}")
+    print(f"{'objective':>14} {'s/episode':>10} {'cpu s/ep':>9} {'s/warp step':>12} "
+          f"{'peak RSS MB':>12} {'vs two_timescale':>17}")
+    base = None
+    for name in args.objectives:
+        cmd = [sys.executable, __file__, "--one-objective", name, "--agent", args.agent,
+               "--batch-sizes", str(args.batch_sizes[0]), "--meta-interval",
+               str(args.meta_interval), "--warp-pairs", str(args.warp_pairs), "--intervals",
+               str(args.intervals), "--episode-length", str(args.episode_length),
+               "--hidden-size", str(args.hidden_size), "--maze-size", str(args.maze_size),
+               "--threads", str(args.threads), "--device", args.device]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        base = r["s_per_episode"] if base is None else base
+        print(f"{name:>14} {r['s_per_episode']:>10.3f} {r['cpu_s_per_episode']:>9.3f} "
+              f"{r['s_per_warp_step']:>12.3f} {r['peak_rss_mb']:>12.0f} "
+              f"{r['s_per_episode'] / base:>16.2f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[30, 1024])
@@ -215,7 +275,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--skip-original-above", type=int, default=4096,
                         help="skip the (slow) original style for batches above this")
+    parser.add_argument("--objectives", nargs="*", default=None,
+                        help="measure the warp objectives instead (default with no names: "
+                        "two_timescale algorithm2 first_order), at the first --batch-sizes")
+    parser.add_argument("--agent", default="warp", help="agent for --objectives (warp)")
+    parser.add_argument("--meta-interval", type=int, default=5,
+                        help="episodes between warp steps for --objectives (5)")
+    parser.add_argument("--warp-pairs", type=int, default=2,
+                        help="replayed pairs per warp step for --objectives (2)")
+    parser.add_argument("--intervals", type=int, default=2,
+                        help="timed warp intervals per objective (2)")
+    parser.add_argument("--one-objective", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one_objective is not None:
+        import json
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(one_objective(args)))
+        return
+    if args.objectives is not None:
+        args.objectives = args.objectives or ["two_timescale", "algorithm2", "first_order"]
+        objective_costs(args)
+        return
     if args.episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or args.threads < 1:
         parser.error("--episodes and --threads must be >= 1, --warmup >= 0, batch sizes >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
