@@ -146,16 +146,22 @@ def read_run(run_dir: Path, label: str | None = None) -> Run:
     return Run(run_dir, agent, data[:, 0], data[:, 1], data[:, 2])
 
 
-def load_runs(paths: Sequence[Path], labels: Sequence[str] | None = None) -> list[Run]:
-    """Every run under ``paths``; ``labels``: none, one for all, or one per path."""
+def load_runs(paths: Sequence[Path], labels: Sequence[str] | None = None,
+              label_parent: bool = False) -> list[Run]:
+    """Every run under ``paths``; ``labels``: none, one for all, or one per path;
+    ``label_parent``: label each run by the name of the folder that holds its folder (the
+    layout of ``results/maze/<label>/seed<S>/``)."""
     labels = list(labels or [])
     if len(labels) not in (0, 1, len(paths)):
         raise ValueError(f"give --label once (for every run) or once per path ({len(paths)}); "
                          f"got {len(labels)}")
+    if labels and label_parent:
+        raise ValueError("--label and --label-parent contradict each other; pick one")
     runs = []
     for i, path in enumerate(paths):
         label = labels[0] if len(labels) == 1 else (labels[i] if labels else None)
-        runs += [read_run(d, label) for d in find_runs(Path(path))]
+        runs += [read_run(d, d.resolve().parent.name if label_parent else label)
+                 for d in find_runs(Path(path))]
     return runs
 
 
@@ -320,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="extend", nargs="+", default=None,
                    help="agent name: once for all runs, or once per path, in order "
                         "(--label a b, or --label a --label b)")
+    p.add_argument("--label-parent", action="store_true",
+                   help="label each run by the name of the folder above its folder "
+                        "(results/maze/<label>/seed<S>/)")
     p.add_argument("--smooth", type=_positive_int, default=100,
                    help="moving-average window in episodes (100)")
     p.add_argument("--last", type=_positive_int, default=250,
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> str:
 
     args = build_parser().parse_args(argv)
     try:
-        runs = load_runs(args.runs, args.label)
+        runs = load_runs(args.runs, args.label, args.label_parent)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"plot_maze: {err}") from None
     groups = group_runs(runs)

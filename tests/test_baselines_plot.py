@@ -150,3 +150,16 @@ def test_compressed_logs_give_the_same_table(runs, tmp_path):
         log.unlink()
     got = plot_maze.main([str(packed), "--out", str(tmp_path / "b.png"), "--at", "500"])
     assert got == plain and "linear" in got and "flat" in got
+
+
+def test_label_parent_groups_by_the_folder_above(runs, tmp_path):
+    import shutil
+
+    for s in range(3):
+        shutil.copytree(runs / "all" / f"flat_s{s}", tmp_path / "res" / "group_a" / f"seed{s}")
+    shutil.copytree(runs / "all" / "linear_s0", tmp_path / "res" / "group_b" / "seed0")
+    loaded = plot_maze.load_runs([tmp_path / "res"], label_parent=True)
+    assert sorted({r.agent for r in loaded}) == ["group_a", "group_b"]
+    assert sum(r.agent == "group_a" for r in loaded) == 3
+    with pytest.raises(ValueError, match="contradict"):
+        plot_maze.load_runs([tmp_path / "res"], ["x"], label_parent=True)
