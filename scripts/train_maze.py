@@ -1,7 +1,8 @@
-"""Train a maze agent (Warp-RNN by default) with A2C and the paper's warp schedule.
+"""Train a maze agent with A2C: fast weights every episode, warp weights by a warp objective.
 
-    python scripts/train_maze.py                       # quick run: learns in a few CPU minutes
-    python scripts/train_maze.py --paper               # the paper's configuration
+    python scripts/train_maze.py                       # quick run of the recommended warp variant
+    python scripts/train_maze.py --paper               # the paper's configuration and agent
+    python scripts/train_maze.py --paper --agent warp_identity_orth --meta-interval 5
     python scripts/train_maze.py --paper --agent lstm --seed 1 --out runs/lstm1
     python scripts/train_maze.py --paper --out runs/lstm1 --resume --episodes 20000
 
@@ -47,6 +48,10 @@ from agents.warp_objectives import WARP_OBJECTIVES
 from warp_rl import distributed
 from warp_rl.utils import atomic_write_text
 
+# The agent of the main job (the recommended warp variant, docs/agent.md), and the published
+# agent that --paper selects when no --agent is given.
+DEFAULT_AGENT = "warp_identity_orth"
+PAPER_AGENT_NAME = "warp"
 # The paper's configuration (REFERENCE.md): every number can still be overridden by a flag.
 PAPER = dict(episodes=10_000, batch_size=30, hidden_size=100, lr=1e-3, warp_lr=1e-3,
              meta_interval=30, warmup_episodes=100, maze_size=13, episode_length=200,
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"{k}={v}" for k, v in PAPER.items()) + "; for " + "; ".join(
             f"{a}: " + ", ".join(f"{k}={v}" for k, v in d.items())
             for a, d in PAPER_AGENT.items()) + ".")
-    p.add_argument("--agent", choices=sorted(AGENTS), help="agent to train (default: warp)")
+    p.add_argument("--agent", choices=sorted(AGENTS),
+                   help=f"agent to train (default: {DEFAULT_AGENT}, the recommended warp "
+                   f"variant; with --paper: {PAPER_AGENT_NAME}, the published agent)")
     p.add_argument("--seed", type=int, help="seed of weights, mazes and actions (default: 0)")
     p.add_argument("--episodes", type=int, help="total training episodes")
     p.add_argument("--batch-size", type=int, help="mazes per episode")
@@ -141,7 +148,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
-    agent, seed = explicit.get("agent", "warp"), explicit.get("seed", 0)
+    agent = explicit.get("agent", PAPER_AGENT_NAME if args.paper else DEFAULT_AGENT)
+    seed = explicit.get("seed", 0)
     out: Path = args.out or Path("runs") / "maze" / (
         f"{agent}-seed{seed}" + ("-paper" if args.paper else ""))
 
@@ -156,7 +164,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             trainer = Trainer.resume(out, overrides)
         else:
             preset = paper_preset(agent) if args.paper else QUICK
-            config = TrainConfig(**{**preset, **explicit})
+            config = TrainConfig(**{**preset, "agent": agent, **explicit})
             config.validate()
 
             def clear_out() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,15 @@ def test_paper_preset_uses_each_agents_published_step_size(tmp_path, agent, lr):
     assert train_maze.main(["--paper", "--agent", agent, "--lr", "0.01", "--episodes", "1",
                             "--out", str(other), *small]) == 0
     assert load_checkpoint(other / "checkpoint.pt")["config"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize(("flags", "agent"), [([], train_maze.DEFAULT_AGENT),
+                                              (["--paper"], "warp"),
+                                              (["--paper", "--agent", "warp_lstm"], "warp_lstm")])
+def test_main_job_trains_the_recommended_variant_and_paper_the_published_agent(
+        tmp_path, flags, agent):
+    out = tmp_path / "run"
+    assert train_maze.main([*flags, "--episodes", "1", "--out", str(out), "--no-plot",
+                            *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["agent"] == agent
+    assert train_maze.DEFAULT_AGENT != "warp" and train_maze.DEFAULT_AGENT.startswith("warp_")
