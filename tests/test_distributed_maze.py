@@ -71,6 +71,12 @@ def _maze_worker(rank: int, root: Path) -> dict:
     resumed.train(progress=False)
     resumed.close()
     out["resumed"] = _params(resumed)
+    # WarpGrad's Algorithm 2: each rank replays its own mazes, the meta-gradients are averaged.
+    a2 = Trainer(dataclasses.replace(config, warp_objective="algorithm2", meta_interval=2),
+                 root / "algorithm2")
+    a2.train(progress=False)
+    a2.close()
+    out["algorithm2"] = _params(a2)
     try:
         Trainer(dataclasses.replace(config, batch_size=5), root / "odd")
     except ValueError as err:
@@ -89,7 +95,7 @@ def two_ranks(tmp_path_factory):
 def test_ranks_hold_identical_parameters(two_ranks):
     _, (r0, r1) = two_ranks
     assert r0["local_batch"] == r1["local_batch"] == TINY["batch_size"] // 2
-    for key in ("straight", "resumed"):
+    for key in ("straight", "resumed", "algorithm2"):
         for name, value in r0[key].items():
             assert torch.equal(value, r1[key][name]), (key, name)
     # ...and training moved them (both optimisers stepped every episode).
@@ -97,6 +103,8 @@ def test_ranks_hold_identical_parameters(two_ranks):
     fresh.close()
     moved = {n for n, v in _params(fresh).items() if not torch.equal(v, r0["straight"][n])}
     assert any(n.startswith("cell.") for n in moved) and any("gate" in n for n in moved)
+    moved = {n for n, v in _params(fresh).items() if not torch.equal(v, r0["algorithm2"][n])}
+    assert any("gate" in n for n in moved)  # algorithm2 stepped the warp weights
 
 
 def test_two_rank_update_equals_single_process_on_concatenated_batch(two_ranks, tmp_path):
