@@ -29,11 +29,11 @@ Three objectives (``--warp-objective``, :data:`WARP_OBJECTIVES`):
     to ``max_grad_norm`` and given to the warp Adam. Replaying a recorded episode feeds the
     agent the recorded observations from the zero state (teacher forcing): at ``theta_{k+1}``
     this reproduces exactly the logits and values that chose the recorded actions.
-``first_order``
+``algorithm2_detached``
     ``algorithm2`` with ``g_k`` treated as a constant (the inner gradient detached): the
     meta-gradient is the warp gradient of ``L_{k+1}`` at ``theta'``, without the term that goes
     through the fast step. Since ``theta' = theta_{k+1}``, this is the warp gradient of episode
-    ``k + 1``'s own loss, the quantity ``two_timescale`` sums; ``first_order`` averages a
+    ``k + 1``'s own loss, the quantity ``two_timescale`` sums; ``algorithm2_detached`` averages a
     sample of them instead of summing all. It isolates what the second-order term adds.
 
 The fast gradient in the replayed step is clipped on its own to ``max_grad_norm`` (as with
@@ -84,7 +84,7 @@ class WarpContext:
         warmup_episodes: episodes without any step at the start.
         max_grad_norm: clip norm (the meta-gradient and the replayed fast gradient).
         gamma, value_coef, penalty_coef: the A2C loss.
-        warp_pairs: episode pairs replayed per warp step (``algorithm2``, ``first_order``).
+        warp_pairs: episode pairs replayed per warp step (``algorithm2``, ``algorithm2_detached``).
         seed: the run's seed (which pairs are replayed is a function of it and the episode).
     """
 
@@ -202,7 +202,7 @@ class EpisodeRecord:
 
 class Algorithm2(WarpObjective):
     """WarpGrad's Algorithm 2 with the A2C loss, on replayed consecutive episode pairs
-    (module docstring). ``second_order=False`` is :class:`FirstOrder`."""
+    (module docstring). ``second_order=False`` is :class:`Algorithm2Detached`."""
 
     name = "algorithm2"
     second_order: ClassVar[bool] = True
@@ -349,10 +349,10 @@ class Algorithm2(WarpObjective):
                                                  "adam_step": int(r["adam_step"])}))
 
 
-class FirstOrder(Algorithm2):
+class Algorithm2Detached(Algorithm2):
     """:class:`Algorithm2` with the inner gradient detached (no second-order term)."""
 
-    name = "first_order"
+    name = "algorithm2_detached"
     second_order = False
 
 
@@ -360,7 +360,7 @@ class FirstOrder(Algorithm2):
 WARP_OBJECTIVES: dict[str, type[WarpObjective]] = {
     TwoTimescale.name: TwoTimescale,
     Algorithm2.name: Algorithm2,
-    FirstOrder.name: FirstOrder,
+    Algorithm2Detached.name: Algorithm2Detached,
 }
 
 
@@ -372,5 +372,13 @@ def make_warp_objective(name: str, ctx: WarpContext) -> WarpObjective:
     return WARP_OBJECTIVES[name](ctx)
 
 
-__all__ = ["WARP_OBJECTIVES", "Algorithm2", "EpisodeRecord", "FirstOrder", "TwoTimescale",
-           "WarpContext", "WarpObjective", "make_warp_objective"]
+__all__ = [
+    "WARP_OBJECTIVES",
+    "Algorithm2",
+    "Algorithm2Detached",
+    "EpisodeRecord",
+    "TwoTimescale",
+    "WarpContext",
+    "WarpObjective",
+    "make_warp_objective",
+]

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the (slow) original style for batches above this")
     parser.add_argument("--objectives", nargs="*", default=None,
                         help="measure the warp objectives instead (default with no names: "
-                        "two_timescale algorithm2 first_order), at the first --batch-sizes")
+                        "two_timescale algorithm2 algorithm2_detached), at the first --batch-sizes")
     parser.add_argument("--agent", default="warp", help="agent for --objectives (warp)")
     parser.add_argument("--meta-interval", type=int, default=5,
                         help="episodes between warp steps for --objectives (5)")
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(one_objective(args)))
         return
     if args.objectives is not None:
-        args.objectives = args.objectives or ["two_timescale", "algorithm2", "first_order"]
+        args.objectives = args.objectives or ["two_timescale", "algorithm2", "algorithm2_detached"]
         objective_costs(args)
         return
     if args.episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or args.threads < 1:

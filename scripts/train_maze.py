@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVES),
                    help="how the warp weights are meta-learned: two_timescale (the paper's "
                    "schedule, default), algorithm2 (WarpGrad's Algorithm 2 on replayed episode "
-                   "pairs) or first_order (algorithm2 without the second-order term)")
+                   "pairs) or algorithm2_detached (algorithm2 without the second-order term)")
     p.add_argument("--warp-pairs", type=int, help="episode pairs replayed per warp step by "
-                   "algorithm2 and first_order (default: 2)")
+                   "algorithm2 and algorithm2_detached (default: 2)")
     p.add_argument("--clip", choices=("joint", "separate"),
                    help="clip the fast and warp gradients to the norm 4.0 together (joint, "
                    "default) or each on its own (separate)")

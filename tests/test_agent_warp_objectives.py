@@ -1,4 +1,4 @@
-"""The maze trainer's warp objectives: two_timescale, algorithm2 and first_order."""
+"""The maze trainer's warp objectives: two_timescale, algorithm2 and algorithm2_detached."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def direct_meta_loss(agent, part, fast_opt, rec_k, rec_k1, max_grad_norm: float,
 
 
 @pytest.mark.parametrize("max_grad_norm", [1e3, 0.05])  # clipping off / active
-@pytest.mark.parametrize("name", ["algorithm2", "first_order"])
+@pytest.mark.parametrize("name", ["algorithm2", "algorithm2_detached"])
 def test_meta_gradient_equals_direct_autograd_and_finite_differences(name, max_grad_norm):
     objective, agent, part, fast_opt = objective_on_two_episodes(name, max_grad_norm)
     first, second = objective.records
@@ -163,10 +163,10 @@ def test_algorithm2_meta_gradient_matches_finite_differences(monkeypatch, max_gr
         assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-9)
 
 
-def test_second_order_term_is_what_separates_algorithm2_from_first_order():
+def test_second_order_term_is_what_separates_algorithm2_from_algorithm2_detached():
     a2, _, part, _ = objective_on_two_episodes("algorithm2", 1e3)
     g2 = torch.autograd.grad(a2.meta_loss(*a2.records), part.warp_parameters())
-    fo, _, part_fo, _ = objective_on_two_episodes("first_order", 1e3)
+    fo, _, part_fo, _ = objective_on_two_episodes("algorithm2_detached", 1e3)
     g1 = torch.autograd.grad(fo.meta_loss(*fo.records), part_fo.warp_parameters())
     diff = max(float((a - b).abs().max()) for a, b in zip(g2, g1, strict=True))
     assert diff > 1e-8 * max(float(a.abs().max()) for a in g2)
@@ -233,5 +233,5 @@ def test_algorithm2_moves_the_warp_weights_at_warp_steps_only(tmp_path):
 
 def test_unknown_objective_is_named():
     with pytest.raises(ValueError, match="warp_objective must be one of two_timescale, "
-                                         "algorithm2, first_order"):
+                                         "algorithm2, algorithm2_detached"):
         small(warp_objective="maml").validate()
