@@ -97,10 +97,22 @@ class NonFiniteError(RuntimeError):
     :data:`EXIT_NONFINITE`) with the last finite checkpoint kept."""
 
 
-def report_and_exit(err: BaseException, code: int = EXIT_USAGE) -> SystemExit:
-    """Print ``error: <message>`` to stderr and return the ``SystemExit`` to raise."""
+class ExitWithMessage(SystemExit):
+    """``SystemExit`` with an exit code (:data:`EXIT_USAGE`, :data:`EXIT_NONFINITE`) whose
+    ``str()`` is the (already printed) message, so callers and tests can still read it."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def report_and_exit(err: BaseException, code: int = EXIT_USAGE) -> ExitWithMessage:
+    """Print ``error: <message>`` to stderr and return the :class:`ExitWithMessage` to raise."""
     print(f"error: {err}", file=sys.stderr)
-    return SystemExit(code)
+    return ExitWithMessage(str(err), code)
 
 
 # ------------------------------------------------------------------------------------------------
