@@ -584,10 +584,19 @@ def check_resume(saved: Mapping[str, Any], requested: Mapping[str, Any],
 # ------------------------------------------------------------------------------------------------
 # Objects as plain data
 # ------------------------------------------------------------------------------------------------
+STATIC_ATTRIBUTES = frozenset({"class_attributes"})
+"""Attribute names :func:`object_state` always leaves out: class data copied onto instances
+(SB3's ``VecEnvWrapper.class_attributes`` holds the class's members)."""
+
+
 def _is_skipped(value: Any) -> bool:
     """Values :func:`object_state` leaves out: they belong to the object's construction."""
-    if isinstance(value, type | types.FunctionType | types.MethodType | types.BuiltinFunctionType
-                  | types.ModuleType | functools.partial | slice | range | io.IOBase):
+    if isinstance(value, type | types.FunctionType | types.MethodType | types.ModuleType
+                  | types.MappingProxyType | types.GetSetDescriptorType
+                  | types.MemberDescriptorType | property | functools.partial | slice | range
+                  | io.IOBase | np.dtype):
+        return True
+    if callable(value) and not hasattr(value, "__dict__"):  # builtins, descriptors, ...
         return True
     try:
         from gymnasium import spaces
@@ -596,7 +605,13 @@ def _is_skipped(value: Any) -> bool:
     return isinstance(value, spaces.Space)
 
 
-def object_state(value: Any, _depth: int = 0) -> Any:
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    """``data`` as a uint8 tensor (a copy)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(
+        0, dtype=torch.uint8)
+
+
+def object_state(value: Any, exclude: Iterable[str] = (), _depth: int = 0) -> Any:
     """``value`` as plain data and tensors that ``torch.load(weights_only=True)`` accepts.
 
     Numbers, strings, ``None`` and tensors stay as they are; numpy arrays and scalars,
@@ -605,43 +620,48 @@ def object_state(value: Any, _depth: int = 0) -> Any:
     (recursively). Classes, functions, gymnasium spaces and slices are left out: they come from
     the object the state is loaded into, which the caller builds from its own configuration
     (see :func:`load_object_state`). No class name is stored, so loading creates no objects.
+    ``exclude``: attribute names of ``value`` (an object) to leave out.
     """
     if _depth > 50:
         raise ValueError("object_state: nesting too deep")
     d = _depth + 1
-    if value is None or isinstance(value, bool | int | float | str | bytes | torch.Tensor):
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
         return value
+    if isinstance(value, bytes):  # (bytes are not among weights_only's plain types)
+        return {"__bytes__": _byte_tensor(value)}
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject or value.dtype.kind in "UOSV":
             if value.dtype.kind == "U":
                 return {"__ndarray_str__": value.tolist(), "dtype": value.dtype.str}
             raise ValueError(f"object_state: cannot store a numpy array of {value.dtype}")
-        return {"__ndarray__": np.ascontiguousarray(value).tobytes(), "dtype": value.dtype.str,
+        return {"__ndarray__": _byte_tensor(np.ascontiguousarray(value).tobytes()),
+                "dtype": value.dtype.str,
                 "shape": list(value.shape), "writeable": bool(value.flags.writeable)}
     if isinstance(value, np.generic):
         return {"__npscalar__": value.item(), "dtype": value.dtype.str}
     if isinstance(value, np.random.Generator):
-        return {"__np_generator__": object_state(value.bit_generator.state, d)}
+        return {"__np_generator__": object_state(value.bit_generator.state, _depth=d)}
     if isinstance(value, np.random.RandomState):
-        return {"__np_randomstate__": object_state(value.get_state(legacy=False), d)}
+        return {"__np_randomstate__": object_state(value.get_state(legacy=False), _depth=d)}
     if isinstance(value, enum.Enum):
-        return {"__enum__": object_state(value.value, d)}
+        return {"__enum__": object_state(value.value, _depth=d)}
     if isinstance(value, collections.deque):
-        return {"__deque__": [object_state(v, d) for v in value], "maxlen": value.maxlen}
+        return {"__deque__": [object_state(v, _depth=d) for v in value], "maxlen": value.maxlen}
     if isinstance(value, list):
-        return {"__list__": [object_state(v, d) for v in value]}
+        return {"__list__": [object_state(v, _depth=d) for v in value]}
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return {"__tuple__": [object_state(v, d) for v in value]}
+        return {"__tuple__": [object_state(v, _depth=d) for v in value]}
     if isinstance(value, set | frozenset):
-        return {"__set__": [object_state(v, d) for v in sorted(value, key=repr)]}
+        return {"__set__": [object_state(v, _depth=d) for v in sorted(value, key=repr)]}
     if isinstance(value, dict):
-        return {"__dict__": [[object_state(k, d), object_state(v, d)] for k, v in value.items()
-                             if not _is_skipped(v)]}
+        return {"__dict__": [[object_state(k, _depth=d), object_state(v, _depth=d)]
+                             for k, v in value.items() if not _is_skipped(v)]}
     if hasattr(value, "_fields"):  # a namedtuple: its fields, rebuilt with the target's type
-        return {"__namedtuple__": [object_state(v, d) for v in value]}
+        return {"__namedtuple__": [object_state(v, _depth=d) for v in value]}
     if hasattr(value, "__dict__"):
-        return {"__object__": {k: object_state(v, d) for k, v in vars(value).items()
-                               if not _is_skipped(v)}}
+        skip = set(exclude) | STATIC_ATTRIBUTES
+        return {"__object__": {k: object_state(v, _depth=d) for k, v in vars(value).items()
+                               if k not in skip and not _is_skipped(v)}}
     raise ValueError(f"object_state: cannot store a {type(value).__name__}")
 
 
@@ -650,8 +670,10 @@ def _plain(state: Any, like: Any) -> Any:
     value (used for objects, namedtuples and enums, which are updated or rebuilt in place)."""
     if not isinstance(state, dict):
         return state
+    if "__bytes__" in state:
+        return state["__bytes__"].numpy().tobytes()
     if "__ndarray__" in state:
-        arr = np.frombuffer(state["__ndarray__"], dtype=np.dtype(state["dtype"]))
+        arr = np.frombuffer(state["__ndarray__"].numpy().tobytes(), dtype=np.dtype(state["dtype"]))
         arr = arr.reshape(state["shape"]).copy()
         arr.flags.writeable = state["writeable"]
         return arr
