@@ -168,9 +168,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
             config.validate()
 
             def clear_out() -> None:
-                existing = [p.name for p in (out / CHECKPOINT_NAME,
-                                             runs.previous_path(out / CHECKPOINT_NAME),
-                                             out / LOG_NAME) if p.exists()]
+                existing = runs.existing_checkpoints(out / CHECKPOINT_NAME)
                 if existing and not args.overwrite:
                     parser.error(f"{out} already holds a run ({', '.join(existing)}); pass "
                                  "--resume to continue it, --overwrite to start over, or another "

@@ -258,6 +258,8 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
         def _on_training_start(self) -> None:
             # Resuming drops the rows logged after the checkpoint: they are run again.
             self.log = runs.CsvLog(path, LOG_FIELDS, start["log_bytes"] if start else None)
+            if not start:  # a folder with a log always has a checkpoint to resume
+                self.save_checkpoint()
             self.bar = tqdm(total=total_rounds, initial=self.rounds, disable=not progress,
                             unit="ep", dynamic_ncols=True, desc=out.name)
             self.start = time.perf_counter()
@@ -402,8 +404,7 @@ def _train_locked(args: argparse.Namespace, algo_cls: type, out: Path) -> Path:
         restore(model, start)
         print(f"resuming {out} at round {start['rounds']} ({model.num_timesteps} steps)")
     else:
-        existing = [p.name for p in (checkpoint, runs.previous_path(checkpoint), out / LOG_NAME)
-                    if p.exists()]
+        existing = runs.existing_checkpoints(checkpoint)
         if existing and not args.overwrite:
             raise SystemExit(f"{out} already holds a run ({', '.join(existing)}); pass --resume "
                              "to continue it, --overwrite to start over, or another --out")
@@ -427,9 +428,10 @@ def _train_locked(args: argparse.Namespace, algo_cls: type, out: Path) -> Path:
     except ValueError as err:  # e.g. torch's distribution check on NaN logits, mid-update
         if isinstance(err, runs.RunError) or not non_finite_parameters(model):
             raise
+        reason = str(err).split(":")[0]
         raise runs.NonFiniteError(
             f"non-finite parameters during the update after {model.num_timesteps} steps "
-            f"({err}). Training stopped; the last finite checkpoint, {checkpoint} (round "
+            f"({reason}). Training stopped; the last finite checkpoint, {checkpoint} (round "
             f"{logger.saved_rounds}), is kept; lower --lr and start a new run, or resume from "
             "it") from None
     finally:

@@ -417,6 +417,17 @@ def checkpoint_exists(path: str | os.PathLike) -> bool:
     return Path(path).exists() or previous_path(path).exists()
 
 
+def existing_checkpoints(path: str | os.PathLike) -> list[str]:
+    """Names of the checkpoint ``path`` and its previous version that exist.
+
+    The one rule of every trainer for "this folder holds a run": a run exists once it has a
+    checkpoint (each trainer writes one as it starts). A log without a checkpoint is what a run
+    stopped before that first checkpoint left; there is nothing to resume and nothing a new run
+    could lose, so a new run replaces it.
+    """
+    return [p.name for p in (Path(path), previous_path(path)) if p.exists()]
+
+
 def remove_checkpoint(path: str | os.PathLike) -> None:
     """Delete the checkpoint ``path`` and its previous version."""
     Path(path).unlink(missing_ok=True)

@@ -264,6 +264,12 @@ def _nonfinite_tensors(tree, prefix: str = "") -> list[str]:
     return bad
 
 
+def _flag(name: str) -> str:
+    """The command-line flag of the setting ``name`` (``vars(args)`` key)."""
+    return {"progress": "--no-progress", "test": "--no-test"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
 def _check_checkpoint(ckpt) -> None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an Omniglot checkpoint of format {CHECKPOINT_FORMAT} (runs "
@@ -312,8 +318,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
     ckpt_path = out / "checkpoint.pt"
 
     def check_out() -> None:
-        existing = [p.name for p in (ckpt_path, runs.previous_path(ckpt_path), out / "train.csv",
-                                     out / "val.csv") if p.exists()]
+        existing = runs.existing_checkpoints(ckpt_path)
         if existing and not args.resume:
             raise SystemExit(f"{out} already holds a run ({', '.join(existing)}): pass --resume "
                              "to continue that run, or choose another --out")
@@ -367,7 +372,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         try:
             runs.check_resume(ckpt["config"], config, RESUMABLE, length_key="meta_steps",
                               done=start if learner.trains else None,
-                              where=f"the run in {out}")
+                              where=f"the run in {out}", flag_of=_flag)
         except runs.RunError as e:
             raise SystemExit(str(e)) from None
         if ckpt["data"] != fingerprint:
@@ -401,6 +406,11 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
 
     def validate(step: int) -> dict:
         res = learner.evaluate(val_tasks)
+        loss = res.test_loss.mean().item()
+        if not math.isfinite(loss):
+            raise runs.NonFiniteError(
+                f"non-finite validation loss at meta-step {step} (test_loss={loss}): adapting "
+                f"to a task diverges. Training stopped; {kept()}")
         row = _row(step, res)
         val_log.append(row)
         return row
