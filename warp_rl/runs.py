@@ -483,7 +483,10 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # e.g. "Unsupported operand": random bytes
+            raise CheckpointError(f"{path}: is not a readable torch checkpoint (truncated or "
+                                  "corrupt: not a pickle)") from None
         raise CheckpointError(
             f"{path}: refused, it holds objects other than tensors and plain data (this project "
             f"only loads tensors and plain data, so that a file can never run code)") from None
