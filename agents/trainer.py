@@ -381,8 +381,6 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
-        # The run folder's lock, held by rank 0 until close() (re-entrant within the process).
-        self._lock = runs.acquire_lock(self.out_dir) if distributed.is_main() else None
         # Under torchrun: this rank's share of the mazes and its GPU (see warp_rl.distributed).
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.local_batch_size = distributed.even_share(config.batch_size, "batch_size")
@@ -411,12 +409,18 @@ class Trainer:
         if _resume is not None:
             self._load_state(_resume)
         self.log: CSVLog | runs.NoLog = runs.NoLog()
-        if distributed.is_main():
-            self.log = CSVLog(self.out_dir / LOG_NAME,
-                              resume_bytes=None if _resume is None else _resume["log_bytes"])
         self.last_checkpoint_episode = self.episode if _resume is not None else -1
-        if _resume is None:  # a folder with a log always has a checkpoint to resume
-            self.save_checkpoint()
+        # The run folder's lock, held by rank 0 until close() (re-entrant within the process).
+        self._lock = runs.acquire_lock(self.out_dir) if distributed.is_main() else None
+        try:
+            if distributed.is_main():
+                self.log = CSVLog(self.out_dir / LOG_NAME,
+                                  resume_bytes=None if _resume is None else _resume["log_bytes"])
+            if _resume is None:  # a folder with a log always has a checkpoint to resume
+                self.save_checkpoint()
+        except BaseException:
+            self.close()
+            raise
 
     # --------------------------------------------------------------------------------------------
     @property

@@ -449,3 +449,21 @@ def test_torch_maze_batch_checks_actions_seeds_and_sizes_like_the_vector_env():
         batch.reset(seed=-1)
     vec = envs.WarpMazeVectorEnv(np.int64(4), size=5)
     vec.reset(seed=2**64)
+
+
+def test_maze_trainer_that_cannot_start_releases_the_folder(tmp_path):
+    import subprocess
+
+    from agents.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(batch_size=3, hidden_size=8, maze_size=7, episode_length=10, episodes=2,
+                      warmup_episodes=1, meta_interval=2)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.train(progress=False)
+    trainer.close()
+    (tmp_path / "log.csv").unlink()
+    with pytest.raises(runs.RunError, match=r"log\.csv is missing"):
+        Trainer.resume(tmp_path)
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); from warp_rl import runs; "
+              "runs.acquire_lock(sys.argv[1])")
+    assert subprocess.run([sys.executable, "-c", script, str(tmp_path), str(ROOT)]).returncode == 0
