@@ -179,8 +179,8 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
 
             distributed.run_on_rank0(clear_out)  # rank 0's folder decides, for every rank
             trainer = Trainer(config, out)
-    except FileNotFoundError as err:  # runs.NoCheckpointError: the message says what to do
-        parser.error(str(err))
+    except FileNotFoundError as err:  # runs.NoCheckpointError
+        parser.error(f"{err}; nothing to resume in {out} (start without --resume)")
 
     config = trainer.config
     world = distributed.world_size()

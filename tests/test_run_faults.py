@@ -467,3 +467,9 @@ def test_maze_trainer_that_cannot_start_releases_the_folder(tmp_path):
     script = ("import sys; sys.path.insert(0, sys.argv[2]); from warp_rl import runs; "
               "runs.acquire_lock(sys.argv[1])")
     assert subprocess.run([sys.executable, "-c", script, str(tmp_path), str(ROOT)]).returncode == 0
+
+
+def test_evaluate_a_folder_without_checkpoint_says_so(tmp_path, capsys):
+    code, err = exit_of(evaluate_maze.main, [str(tmp_path), "--no-gif"], capsys)
+    assert code == 2 and f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in err
+    assert "resume" not in err

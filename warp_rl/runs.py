@@ -63,6 +63,8 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
+from warp_rl.utils import _default_mode, atomic_write_text
+
 EXIT_USAGE = 2
 """Exit code of a refused flag, path or file (like argparse's)."""
 EXIT_NONFINITE = 3
@@ -286,8 +288,6 @@ def dumps_strict(obj: Any, indent: int | None = 2) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as strict JSON (see :func:`dumps_strict`), atomically."""
-    from warp_rl.utils import atomic_write_text
-
     atomic_write_text(path, dumps_strict(obj) + "\n")
 
 
@@ -396,8 +396,6 @@ class NoLog:
 def write_csv(path: str | os.PathLike, fields: Sequence[str],
               rows: Iterable[Mapping[str, Any]]) -> None:
     """Write a whole small CSV table atomically (same cell format as :class:`CsvLog`)."""
-    from warp_rl.utils import atomic_write_text
-
     lines = [",".join(fields)]
     lines += [",".join(format_value(r.get(k, "")) for k in fields) for r in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -443,8 +441,6 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     the folder). A crash at any point leaves complete files only; between the two renames only
     the previous one exists, which :func:`load_checkpoint` then uses.
     """
-    from warp_rl.utils import _default_mode
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -525,8 +521,7 @@ def load_checkpoint(path: str | os.PathLike, check: Callable[[Any], None] | None
     """
     path = Path(path)
     if not checkpoint_exists(path):
-        raise NoCheckpointError(f"no checkpoint at {path} (nor {previous_path(path).name}); "
-                                "nothing to resume: start without --resume")
+        raise NoCheckpointError(f"no checkpoint at {path} (nor {previous_path(path).name})")
     reasons = []
     for candidate in (path, previous_path(path)):
         if not candidate.exists():
