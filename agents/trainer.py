@@ -15,8 +15,8 @@ One *episode* of training is::
 
 The default objective, ``two_timescale``, is the paper's schedule: it sums the warp gradients of
 the post-warm-up episodes and steps the warp Adam on the sum every ``meta_interval`` episodes.
-``algorithm2`` and ``algorithm2_detached`` meta-learn the warp weights with WarpGrad's Algorithm 2 on
-replayed episode pairs (see :mod:`agents.warp_objectives`).
+``algorithm2`` and ``algorithm2_detached`` meta-learn the warp weights with WarpGrad's
+Algorithm 2 on replayed episode pairs (see :mod:`agents.warp_objectives`).
 
 The fast/warp split comes from :func:`warp_rl.partition` over the agent's
 ``adapt_modules()`` / ``warp_modules()``; agents without warp modules (the baselines) get one
@@ -32,6 +32,12 @@ Reproducibility: every episode's maze layout/goals and action noise come from se
 A checkpoint (model, both optimisers, the warp gradient sum, every RNG state, the episode counter
 and the byte length of the CSV log) lets ``resume`` continue exactly where a straight run would
 be; on CPU, 2N episodes straight and N + resume to 2N give identical parameters and log.
+
+The run folder follows :mod:`warp_rl.runs`: the trainer holds the folder's lock while it lives
+(until :meth:`Trainer.close`), writes a checkpoint at episode 0 of a new run (so a folder with a
+log always has a checkpoint to resume), keeps the previous checkpoint as ``checkpoint.prev.pt``
+and falls back to it if the latest is unusable, and loads checkpoints with
+``weights_only=True`` only.
 
 Data-parallel training (``torchrun --nproc_per_node=P scripts/train_maze.py``, see
 :mod:`warp_rl.distributed`): each of the P ranks steps ``batch_size / P`` mazes (``batch_size``
@@ -50,7 +56,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -73,9 +78,8 @@ from agents.warp_objectives import (
     make_warp_objective,
 )
 from envs.batch_env import BatchEnv
-from warp_rl import Partition, distributed, partition
+from warp_rl import Partition, distributed, partition, runs
 from warp_rl.utils import (
-    atomic_save,
     atomic_write_bytes,
     global_rng_states,
     seed_everything,
@@ -88,6 +92,9 @@ LOG_NAME = "log.csv"
 CURVE_NAME = "learning_curve.png"
 CHECKPOINT_FORMAT = 1
 CLIP_MODES = ("joint", "separate")
+MAX_LR = 1e6
+"""Largest accepted learning rate: far above any useful one, and far below the ``1e37`` at which
+Adam's first step (``10 * lr``) overflows float32 inside the optimiser."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,7 +117,8 @@ class TrainConfig:
         warp_objective: how the warp weights are meta-learned, a name in
             :data:`agents.warp_objectives.WARP_OBJECTIVES` (``two_timescale``, the paper's;
             ``algorithm2``; ``algorithm2_detached``). Ignored by agents without warp weights.
-        warp_pairs: episode pairs replayed per warp step by ``algorithm2`` / ``algorithm2_detached``.
+        warp_pairs: episode pairs replayed per warp step by ``algorithm2`` and
+            ``algorithm2_detached``.
         warmup_episodes: no optimiser step at all during the first this many episodes.
         maze_size: odd side length of the square maze (13 in the paper).
         episode_length: steps per episode (200).
@@ -168,7 +176,12 @@ class TrainConfig:
         if (not isinstance(self.maze_size, int) or self.maze_size < 5
                 or self.maze_size % 2 == 0):
             raise bad("maze_size", "an odd integer >= 5")
-        for name in ("lr", "warp_lr", "max_grad_norm"):
+        for name in ("lr", "warp_lr"):  # Adam's first step is 10 * lr: keep it a float32
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or not (
+                    0 < value <= MAX_LR):
+                raise bad(name, f"a number in (0, {MAX_LR:g}]")
+        for name in ("max_grad_norm",):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise bad(name, "a finite number > 0")
@@ -249,48 +262,13 @@ LOG_FIELDS = (
 TIMING_FIELDS = ("rollout_s", "update_s", "wall_s")
 
 
-class CSVLog:
-    """Append-only CSV log, one row per episode.
-
-    Each row is one ``write`` followed by a flush. :meth:`sync` (called before every checkpoint)
-    fsyncs and returns the byte length, which the checkpoint stores; on resume the file is
-    truncated back to it, so rows of episodes after the checkpoint (or a torn last line from a
-    crash) are dropped and re-written by the resumed run.
-    """
+class CSVLog(runs.CsvLog):
+    """The maze trainer's log: :class:`warp_rl.runs.CsvLog` with :data:`LOG_FIELDS`, one row per
+    episode. Rows past the checkpoint's byte length (or a torn last line from a crash) are
+    dropped on resume and re-written by the resumed run."""
 
     def __init__(self, path: Path, resume_bytes: int | None = None) -> None:
-        self.path = path
-        if resume_bytes is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", newline="")
-            self.file.write(",".join(LOG_FIELDS) + "\n")
-            self.file.flush()
-        else:
-            if not path.exists():
-                raise FileNotFoundError(f"cannot resume: the log {path} is missing")
-            size = path.stat().st_size
-            if size < resume_bytes:
-                raise ValueError(f"cannot resume: {path} has {size} bytes but the checkpoint "
-                                 f"expects at least {resume_bytes}; the log was truncated")
-            self.file = open(path, "r+", newline="")
-            self.file.truncate(resume_bytes)
-            self.file.seek(resume_bytes)
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.file.write(",".join(_fmt(row[k]) for k in LOG_FIELDS) + "\n")
-        self.file.flush()
-
-    def sync(self) -> int:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _fmt(value: Any) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
+        super().__init__(path, LOG_FIELDS, resume_bytes)
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -304,21 +282,8 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 # Trainer
 # ------------------------------------------------------------------------------------------------
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(runs.NonFiniteError):
     """The loss or the gradient became NaN/inf; no optimiser step was taken."""
-
-
-class _NoLog:
-    """The log of ranks other than 0: they write nothing."""
-
-    def append(self, row: dict[str, Any]) -> None:
-        pass
-
-    def sync(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
 
 
 class Trainer:
@@ -372,11 +337,19 @@ class Trainer:
         self.recent_rewards: deque[float] = deque(maxlen=100)
         if _resume is not None:
             self._load_state(_resume)
-        self.log: CSVLog | _NoLog = _NoLog()
-        if distributed.is_main():
-            self.log = CSVLog(self.out_dir / LOG_NAME,
-                              resume_bytes=None if _resume is None else _resume["log_bytes"])
+        self.log: CSVLog | runs.NoLog = runs.NoLog()
         self.last_checkpoint_episode = self.episode if _resume is not None else -1
+        # The run folder's lock, held by rank 0 until close() (re-entrant within the process).
+        self._lock = runs.acquire_lock(self.out_dir) if distributed.is_main() else None
+        try:
+            if distributed.is_main():
+                self.log = CSVLog(self.out_dir / LOG_NAME,
+                                  resume_bytes=None if _resume is None else _resume["log_bytes"])
+            if _resume is None:  # a folder with a log always has a checkpoint to resume
+                self.save_checkpoint()
+        except BaseException:
+            self.close()
+            raise
 
     # --------------------------------------------------------------------------------------------
     @property
@@ -535,11 +508,12 @@ class Trainer:
                 "rank_rng": distributed.all_gather_object(rng, "all_gather of RNG states")}
 
     def save_checkpoint(self) -> Path:
-        """Write ``out_dir/checkpoint.pt`` atomically (a crash mid-write keeps the old one).
-        Under torchrun every rank calls it (the RNG states are gathered) and rank 0 writes."""
+        """Write ``out_dir/checkpoint.pt`` atomically, the one it replaces becoming
+        ``checkpoint.prev.pt`` (:func:`warp_rl.runs.save_checkpoint`). Under torchrun every rank
+        calls it (the RNG states are gathered) and rank 0 writes."""
         state = self.state_dict()
         if distributed.is_main():
-            atomic_save(state, self.checkpoint_path)
+            runs.save_checkpoint(state, self.checkpoint_path)
         self.last_checkpoint_episode = self.episode
         return self.checkpoint_path
 
@@ -581,40 +555,67 @@ class Trainer:
                agent: RecurrentAgent | None = None) -> Trainer:
         """Continue the run in ``out_dir`` from its checkpoint.
 
+        The resume policy is :func:`warp_rl.runs.check_resume`'s: fields in
+        :attr:`RESUME_OVERRIDABLE` may change, every other must equal the checkpoint's, and
+        ``episodes`` may not be less than the episodes already done.
+
         Args:
             out_dir: the run's folder (holding ``checkpoint.pt`` and ``log.csv``).
-            overrides: new values for :attr:`RESUME_OVERRIDABLE` fields (e.g. more episodes);
-                any other field must equal the checkpoint's, or ``ValueError`` is raised.
+            overrides: new values for :attr:`RESUME_OVERRIDABLE` fields (e.g. more episodes).
             agent: a fresh agent instance if the run was started with one.
+
+        Raises:
+            FileNotFoundError: no checkpoint (:class:`warp_rl.runs.NoCheckpointError`).
+            ValueError: a :class:`warp_rl.runs.RunError` naming what is wrong (changed settings,
+                fewer episodes than done, no usable checkpoint, a missing or shortened log).
         """
         out_dir = Path(out_dir)
-        # Under torchrun rank 0 reads the file and every rank gets its content.
-        ckpt = distributed.run_on_rank0(load_checkpoint, out_dir / CHECKPOINT_NAME)
-        config = TrainConfig(**ckpt["config"])
-        for name, value in (overrides or {}).items():
-            if not hasattr(config, name):
-                raise ValueError(f"unknown setting {name!r}")
-            if getattr(config, name) == value:
-                continue
-            if name not in cls.RESUME_OVERRIDABLE:
-                raise ValueError(
-                    f"cannot change {name} on resume (the checkpoint has {getattr(config, name)!r},"
-                    f" asked for {value!r}); only {', '.join(cls.RESUME_OVERRIDABLE)} may change")
-            setattr(config, name, value)
-        return cls(config, out_dir, agent=agent, _resume=ckpt)
+        # The lock first: nobody may write the checkpoint while it is read.
+        lock = runs.acquire_lock(out_dir) if distributed.is_main() else None
+        try:
+            # Under torchrun rank 0 reads the file and every rank gets its content.
+            ckpt = distributed.run_on_rank0(load_checkpoint, out_dir / CHECKPOINT_NAME)
+            config = TrainConfig(**ckpt["config"])
+            overrides = dict(overrides or {})
+            unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+            if unknown:
+                raise ValueError(f"unknown setting {unknown[0]!r}")
+            runs.check_resume(dataclasses.asdict(config), overrides, cls.RESUME_OVERRIDABLE,
+                              length_key="episodes", done=int(ckpt["episode"]),
+                              flag_of=lambda k: k, where=f"the run in {out_dir}")
+            config = dataclasses.replace(config, **overrides)
+            return cls(config, out_dir, agent=agent, _resume=ckpt)
+        finally:
+            if lock is not None:
+                lock.release()  # the trainer holds its own
 
     def close(self) -> None:
+        """Close the log and release the run folder's lock."""
         self.log.close()
+        if self._lock is not None:
+            self._lock.release()
+
+
+def _check_checkpoint(ckpt: Any) -> None:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not a maze-trainer checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in ("config", "episode", "agent", "fast_opt", "rng", "log_bytes")
+               if k not in ckpt]
+    if missing:
+        raise ValueError(f"a maze-trainer checkpoint without {', '.join(missing)}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :meth:`Trainer.save_checkpoint` (tensors only, safe load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a maze-trainer checkpoint (format {CHECKPOINT_FORMAT})")
+    """Load a checkpoint written by :meth:`Trainer.save_checkpoint`: tensors and plain data
+    only (``weights_only=True``), falling back to ``checkpoint.prev.pt`` with a warning if the
+    latest is unusable (:func:`warp_rl.runs.load_checkpoint`).
+
+    Raises:
+        FileNotFoundError: neither file exists (:class:`warp_rl.runs.NoCheckpointError`).
+        ValueError: neither file is a usable maze-trainer checkpoint
+            (:class:`warp_rl.runs.CheckpointError`, naming both files).
+    """
+    ckpt, _ = runs.load_checkpoint(path, _check_checkpoint, map_location)
     return ckpt
 
 
@@ -622,12 +623,18 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[RecurrentAgent, TrainConfig]:
     """The trained agent (in eval mode) and the run's config, from a checkpoint file."""
     ckpt = load_checkpoint(path, map_location=device)
-    config = TrainConfig(**ckpt["config"])
     import envs
 
-    agent = make_agent(config.agent, obs_dim=envs.obs_dim(), num_actions=NUM_ACTIONS,
-                       hidden_size=config.hidden_size)
-    agent.load_state_dict(ckpt["agent"])
+    try:
+        config = TrainConfig(**ckpt["config"])
+        agent = make_agent(config.agent, obs_dim=envs.obs_dim(), num_actions=NUM_ACTIONS,
+                           hidden_size=config.hidden_size)
+        agent.load_state_dict(ckpt["agent"])
+    except (TypeError, KeyError, RuntimeError) as err:
+        raise runs.CheckpointError(
+            f"{path}: its config or weights do not fit this project's agents "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); expected "
+            "a checkpoint written by scripts/train_maze.py of this version") from None
     return agent.to(device).eval(), config
 
 

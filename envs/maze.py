@@ -64,6 +64,9 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
@@ -111,6 +114,14 @@ class MazeConfig:
             raise ValueError(
                 f"wall_penalty={wall_penalty!r} is not accepted: expected a finite number >= 0"
             )
+        # Observations and rewards are float32: an episode's return must stay finite in it.
+        for name, value in (("reward", reward), ("wall_penalty", wall_penalty)):
+            if abs(float(value)) * episode_length > FLOAT32_MAX:
+                raise ValueError(
+                    f"{name}={value!r} is not accepted: expected |{name}| * episode_length <= "
+                    f"{FLOAT32_MAX:.3g} (float32's largest number), so that a return over "
+                    f"{episode_length} steps cannot overflow; use a smaller {name}"
+                )
         if not _is_int(view_size) or view_size < 1 or view_size % 2 == 0:
             raise ValueError(
                 f"view_size={view_size!r} is not accepted: expected an odd integer >= 1"

@@ -33,8 +33,11 @@ class TorchMazeBatch:
         size, episode_length, reward, wall_penalty, view_size, layout: as for
             :class:`envs.maze_env.WarpMazeEnv`.
         device: where every tensor lives.
-        validate_actions: check that actions lie in ``[0, 4)`` (on a GPU this synchronises
-            once per step; a trainer that samples from a ``Categorical`` may turn it off).
+        validate_actions: check that actions lie in ``[0, 4)`` on the host, with a clear
+            ``ValueError`` (on a GPU this synchronises once per step; a trainer that samples
+            from a ``Categorical`` may turn it off). Off, the check runs on the device without
+            a sync (``torch._assert_async``): an out-of-range action still fails (on a GPU as a
+            device-side assert) instead of wrapping around to another action.
 
     Attributes:
         obs_dim: ``D = view_size**2 + 8`` (17 at the defaults). num_actions: 4.
@@ -52,8 +55,10 @@ class TorchMazeBatch:
         device: torch.device | str = "cpu",
         validate_actions: bool = True,
     ) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or (
+                num_envs < 1):
             raise ValueError(f"num_envs={num_envs!r} is not accepted: expected an integer >= 1")
+        num_envs = int(num_envs)
         self.config = cfg = MazeConfig.create(
             size, episode_length, reward, wall_penalty, view_size, layout
         )
@@ -88,15 +93,21 @@ class TorchMazeBatch:
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start a new episode in every maze; returns observations float32 ``(B, D)``.
 
-        ``seed`` (int) reseeds the generators; ``None`` continues them (seeding from fresh
-        entropy on first use).
+        ``seed`` (an integer >= 0, any size, as the vector env takes) reseeds the generators;
+        ``None`` continues them (seeding from fresh entropy on first use). The torch generator
+        takes ``seed`` itself below 2**64 and a 64-bit hash of it above.
         """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)
+                                 or seed < 0):
+            raise ValueError(f"seed={seed!r} is not accepted: expected an integer >= 0 or None")
         if seed is not None or self._gen is None:
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+            seed = int(seed)
             self._np_rng = np.random.default_rng(seed)
             self._gen = torch.Generator(device=self.device)
-            self._gen.manual_seed(int(seed))
+            self._gen.manual_seed(seed if seed < 2**64 else int(
+                np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]))
         cfg, B = self.config, self.num_envs
         if cfg.layout == "random":
             self._install_walls(make_walls(self._np_rng, B, cfg))
@@ -270,8 +281,15 @@ class TorchMazeBatch:
             and actions.dtype != torch.bool
             and _same_device(actions.device, self.device)
         )
-        if ok and self.validate_actions:
-            ok = bool(((actions >= 0) & (actions < NUM_ACTIONS)).all())
+        if ok:
+            in_range = ((actions >= 0) & (actions < NUM_ACTIONS)).all()
+            if self.validate_actions:
+                ok = bool(in_range)
+            else:  # no host sync; never let -1 index the last action
+                try:
+                    torch._assert_async(in_range, f"actions out of [0, {NUM_ACTIONS})")
+                except RuntimeError:  # raised here on the CPU (on a GPU: a device assert)
+                    ok = False
         if not ok:
             raise ValueError(
                 f"actions={actions!r} are not accepted: expected an integer tensor of shape "

@@ -6,7 +6,9 @@
 
 The agent is evaluated as trained: its weights are fixed, and whatever it learns about each
 maze (where the goal is) lives in its recurrent state within the episode. Evaluation mazes use
-seeds disjoint from training's (``--seed``, default 10**6). Prints the mean reward per episode,
+seeds disjoint from training's (``--seed``, default 10**6). The checkpoint is loaded with
+``weights_only=True`` (tensors and plain data only); a refused file, flag or path is one line
+of error and exit code 2. Prints the mean reward per episode,
 its standard deviation over episodes and the standard error of the mean.
 """
 
@@ -26,6 +28,8 @@ import envs
 from agents.base import RecurrentAgent
 from agents.trainer import CHECKPOINT_NAME, TrainConfig, load_agent
 from warp_rl.utils import atomic_write_bytes
+
+MAX_SEED = 2**63 - 1
 
 
 @torch.no_grad()
@@ -111,13 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("episodes", "batch_size", "fps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    path = args.checkpoint / CHECKPOINT_NAME if args.checkpoint.is_dir() else args.checkpoint
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if not 0 <= args.seed <= MAX_SEED:
+        p.error(f"--seed must be an integer in [0, 2**63 - 1]; got {args.seed}")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    path = args.checkpoint / CHECKPOINT_NAME if args.checkpoint.is_dir() else args.checkpoint
+    gif = args.gif or path.parent / "episode.gif"
+    if not args.no_gif and gif.is_dir():
+        p.error(f"--gif {gif} is a folder; expected the path of a .gif file to write, such as "
+                f"{gif / 'episode.gif'}")
     try:
         agent, config = load_agent(path, args.device)
-    except (FileNotFoundError, ValueError) as err:
-        p.error(str(err))
+    except (FileNotFoundError, ValueError) as err:  # warp_rl.runs.CheckpointError included
+        p.error(f"cannot evaluate {path}: {err}")
     torch.set_num_threads(config.threads)
 
     rewards = evaluate(agent, config, args.episodes, min(args.batch_size, args.episodes),
@@ -130,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
           f"sem {sem:.2f}, min {rewards.min():.0f}, max {rewards.max():.0f}")
     if not args.no_gif:
         frames, total = record_episode(agent, config, args.seed, args.deterministic)
-        gif = args.gif or path.parent / "episode.gif"
-        save_gif(frames, gif, args.fps)
+        try:
+            save_gif(frames, gif, args.fps)
+        except OSError as err:
+            p.error(f"--gif {gif}: cannot be written ({err.strerror or err}); pass another "
+                    "--gif, or --no-gif")
         print(f"GIF of one episode ({len(frames) - 1} steps, reward {total:.0f}): {gif}")
     return 0
 

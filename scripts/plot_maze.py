@@ -42,6 +42,7 @@ import numpy as np
 
 # Runnable from a clean clone without installing: the repository root holds warp_rl/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from warp_rl import runs as run_folders
 from warp_rl.cli import finite_float as _finite
 from warp_rl.cli import positive_int as _positive_int
 
@@ -100,10 +101,11 @@ def agent_name(run_dir: Path) -> str | None:
             if isinstance(data, dict) and isinstance(data.get("agent"), str):
                 return data["agent"]
     ckpt = run_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        import torch
-
-        data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if run_folders.checkpoint_exists(ckpt):
+        try:  # tensors and plain data only, with the checkpoint.prev.pt fallback
+            data, _ = run_folders.load_checkpoint(ckpt, warn=lambda message: None)
+        except run_folders.CheckpointError:
+            return None
         config = data.get("config") if isinstance(data, dict) else None
         if isinstance(config, dict) and isinstance(config.get("agent"), str):
             return config["agent"]

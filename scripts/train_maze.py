@@ -6,10 +6,13 @@
     python scripts/train_maze.py --paper --agent lstm --seed 1 --out runs/lstm1
     python scripts/train_maze.py --paper --out runs/lstm1 --resume --episodes 20000
 
-Writes to --out: log.csv (one row per episode), checkpoint.pt (every --checkpoint-every episodes
-and at the end; atomic), config.json, learning_curve.png (at the end).
---resume continues the run in --out exactly where its checkpoint left off; only --episodes,
---checkpoint-every, --threads and --device may differ from the original run.
+Writes to --out: log.csv (one row per episode), checkpoint.pt (at the start, every
+--checkpoint-every episodes and at the end; atomic, the one before kept as checkpoint.prev.pt),
+config.json, learning_curve.png (at the end). The run holds --out's lock while it lives: a second
+run on the same folder is refused (warp_rl/runs.py, docs/DESIGN.md).
+--resume continues the run in --out exactly where its checkpoint left off; only --episodes
+(not fewer than done), --checkpoint-every, --threads and --device may differ from the original
+run. Refused flags, paths and files exit with code 2, a non-finite loss with code 3.
 
 On several processes, GPUs or nodes (docs/distributed.md):
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -45,8 +47,7 @@ from agents.trainer import (
     save_learning_curve,
 )
 from agents.warp_objectives import WARP_OBJECTIVES
-from warp_rl import distributed
-from warp_rl.utils import atomic_write_text
+from warp_rl import distributed, runs
 
 # The agent of the main job (the recommended warp variant, docs/agent.md), and the published
 # agent that --paper selects when no --agent is given.
@@ -111,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1; at batch 30 "
                    "the matrices are small, so run one seed per core instead)")
     p.add_argument("--paper", action="store_true", help="the paper's configuration")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/maze/AGENT-seedSEED"
-                   "[-paper])")
+    p.add_argument("--out", help="output folder (default: runs/maze/AGENT-seedSEED[-paper])")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in --out even if it holds a run")
@@ -150,9 +150,27 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     agent = explicit.get("agent", PAPER_AGENT_NAME if args.paper else DEFAULT_AGENT)
     seed = explicit.get("seed", 0)
-    out: Path = args.out or Path("runs") / "maze" / (
+    out = Path(args.out) if args.out is not None else Path("runs") / "maze" / (
         f"{agent}-seed{seed}" + ("-paper" if args.paper else ""))
 
+    lock = None
+    try:
+        if args.out is not None:
+            runs.check_out_dir(args.out)  # "" (the current folder), a file, unwritable: refused
+        if main_rank:  # held until the end; the trainer shares it
+            lock = runs.acquire_lock(out)
+        return _train(parser, args, out, explicit, agent)
+    except ValueError as err:  # runs.RunError included
+        parser.error(str(err))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
+           explicit: dict, agent: str) -> int:
+    """Build or resume the trainer in ``out`` (locked) and train."""
+    main_rank = distributed.is_main()
     try:
         if args.resume:
             overrides = dict(explicit)
@@ -168,25 +186,24 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             config.validate()
 
             def clear_out() -> None:
-                existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
+                existing = runs.existing_checkpoints(out / CHECKPOINT_NAME)
                 if existing and not args.overwrite:
                     parser.error(f"{out} already holds a run ({', '.join(existing)}); pass "
                                  "--resume to continue it, --overwrite to start over, or another "
                                  "--out")
-                for name in (CHECKPOINT_NAME, LOG_NAME, CURVE_NAME):
+                runs.remove_checkpoint(out / CHECKPOINT_NAME)
+                for name in (LOG_NAME, CURVE_NAME, runs.CONFIG_NAME):
                     (out / name).unlink(missing_ok=True)
 
             distributed.run_on_rank0(clear_out)  # rank 0's folder decides, for every rank
             trainer = Trainer(config, out)
-    except FileNotFoundError as err:
+    except FileNotFoundError as err:  # runs.NoCheckpointError
         parser.error(f"{err}; nothing to resume in {out} (start without --resume)")
-    except ValueError as err:
-        parser.error(str(err))
 
     config = trainer.config
     world = distributed.world_size()
     if main_rank:
-        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        runs.write_json(out / runs.CONFIG_NAME, dataclasses.asdict(config))
         print(f"training {config.agent} (seed {config.seed}) for {config.episodes} episodes of "
               f"{config.batch_size} mazes {config.maze_size}x{config.maze_size}, "
               f"{config.episode_length} steps, on {config.device}; writing to {out}"

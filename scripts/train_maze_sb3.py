@@ -35,24 +35,31 @@ Usage::
     python scripts/train_maze_sb3.py --algo a2c --seed 0 --timesteps 3000000 --out runs/sb3_a2c_s0
 
 The folder gets ``log.csv``, ``config.json`` (the arguments, with ``agent`` = ``sb3-<algo>``
-for the plot script), ``checkpoint.pkl`` (every ``--checkpoint-every`` 50 rounds and at the end)
-and ``model.zip`` (the final SB3 model), each written atomically except the append-only log,
-which is flushed every row. A crash or Ctrl-C leaves the last checkpoint usable;
-``--resume`` continues from it exactly (same numbers as an uninterrupted run, on the same
-machine and CPU; tested), to the ``--episodes`` or ``--timesteps`` given then, dropping log rows
-written after the checkpoint. A checkpoint holds the SB3 model with its optimiser and last
-observations, the LSTM states SB3 does not save, the env with its generators and half-finished
-episodes, and Python's, numpy's and torch's global generators. An ``--out`` that already holds
-a run needs ``--resume`` or ``--overwrite``.
+for the plot script), ``checkpoint.pt`` (every ``--checkpoint-every`` 50 rounds and at the end,
+the one before kept as ``checkpoint.prev.pt``) and ``model.zip`` (the final SB3 model), each
+written atomically except the append-only log, which is flushed every row. The run folder
+follows :mod:`warp_rl.runs`: the run holds the folder's lock (a second run on it is refused), a
+crash or Ctrl-C leaves the last checkpoint usable, and ``--resume`` continues from it exactly
+(same numbers as an uninterrupted run, on the same machine and CPU; tested), to the
+``--episodes`` or ``--timesteps`` given then (not fewer than done), dropping log rows written
+after the checkpoint.
+
+The checkpoint holds tensors and plain data only, loaded with ``torch.load(weights_only=True)``:
+it never goes through SB3's ``load`` (whose ``model.zip`` holds cloudpickled fields that run
+code when loaded). Resuming rebuilds the model and the env from the run's own settings, then
+restores the policy's and the optimiser's state dicts, the model's counters and last
+observations, the LSTM states, the env's state (its generators and half-finished episodes, as
+plain data: :func:`warp_rl.runs.object_state`) and Python's, numpy's and torch's global
+generators. An ``--out`` that already holds a run needs ``--resume`` or ``--overwrite``. A
+non-finite parameter stops the run (exit code 3) keeping the last finite checkpoint; refused
+flags, paths and files exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -62,6 +69,7 @@ import numpy as np
 
 # Runnable from a clean clone without installing: the repository root holds envs/, warp_rl/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from warp_rl import runs
 from warp_rl.cli import nonneg_int as _nonneg_int
 from warp_rl.cli import positive_float as _positive_float
 from warp_rl.cli import positive_int as _positive_int
@@ -71,10 +79,15 @@ ENV_ID = "WarpMaze-v0"
 LOG_NAME = "log.csv"
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.zip"
-CHECKPOINT_NAME = "checkpoint.pkl"
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2
+"""2: tensors and plain data (``weights_only=True``); format 1 was a pickle and is refused."""
 RUN_KEYS = ("algo", "seed", "n_envs", "hidden", "n_stack", "n_steps", "batch_size", "n_epochs",
             "lr", "gamma", "size", "episode_length", "per_maze_envs", "step_by_step_lstm")
 """Arguments a resumed run must share with the run in ``--out`` (the budget may change)."""
+RESUME_MAY_CHANGE = ("timesteps", "episodes", "threads", "device", "checkpoint_every",
+                     "no_progress")
+"""Arguments that may differ on resume (the budget may grow, not shrink below what is done)."""
 LOG_FIELDS = ("episode", "reward_mean", "reward_std", "timesteps", "wall_s")
 CONTRIB_HINT = ('RecurrentPPO needs sb3-contrib, which is not installed; install it with '
                 '`pip install "warp-rl[contrib]"` (or `pip install sb3-contrib`)')
@@ -94,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "episode_length (matches the trainer's episode count)")
     p.add_argument("--n-envs", type=_positive_int, default=30,
                    help="mazes stepped together (30, the trainer's batch)")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--hidden", type=_positive_int, default=100,
                    help="LSTM width for recurrent_ppo (100)")
     p.add_argument("--n-stack", type=_positive_int, default=4,
@@ -145,28 +158,6 @@ def import_algo(algo: str) -> type:
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
 
 
-def env_bytes(env: Any) -> bytes:
-    """The VecEnv, pickled; SB3's ``VecFrameStack`` is not picklable, so for ``a2c`` the
-    frame stack is stored as its wrapped env and its stacked observations."""
-    from stable_baselines3.common.vec_env import VecFrameStack
-
-    if isinstance(env, VecFrameStack):
-        return pickle.dumps({"venv": env.venv, "stacked_obs": env.stacked_obs})
-    return pickle.dumps({"venv": env})
-
-
-def env_from_bytes(data: bytes, n_stack: int) -> Any:
-    """The inverse of :func:`env_bytes`."""
-    from stable_baselines3.common.vec_env import VecFrameStack
-
-    state = pickle.loads(data)
-    env = state["venv"]
-    if "stacked_obs" in state:
-        env = VecFrameStack(env, n_stack=n_stack)
-        env.stacked_obs = state["stacked_obs"]
-    return env
-
-
 def sb3_model_bytes(model: Any) -> bytes:
     """``model.save`` into memory: what ``model.zip`` holds."""
     buf = io.BytesIO()
@@ -174,37 +165,79 @@ def sb3_model_bytes(model: Any) -> bytes:
     return buf.getvalue()
 
 
-def checkpoint_bytes(model: Any, sb3_model: bytes, rounds: int, wall_s: float,
-                     recent: list[float]) -> bytes:
-    """Everything a run needs to go on exactly: the SB3 model (``sb3_model``: weights,
-    optimiser, step counts, last observations), the LSTM states SB3 does not save, the env with
-    its generators and half-finished episodes, the global generators and the log's position."""
+def model_state(model: Any) -> dict[str, Any]:
+    """The SB3 model's own attributes as plain data (what ``model.save`` would store besides
+    the weights: step counters, last observations and episode starts, episode-info buffers,
+    the LSTM states SB3 does not save...), without the policy, the env and the buffers."""
+    keep = {"_last_lstm_states"}  # RecurrentPPO's: excluded from SB3's save, needed here
+    exclude = {*model._excluded_save_params(), "policy", "env", "rollout_buffer"} - keep
+    return runs.object_state(model, exclude=exclude)
+
+
+def non_finite_parameters(model: Any) -> list[str]:
+    """Names of the policy's parameters holding NaN or inf."""
+    import torch
+
+    return [name for name, p in model.policy.named_parameters()
+            if not bool(torch.isfinite(p).all())]
+
+
+def checkpoint_state(model: Any, config: dict[str, Any], rounds: int, wall_s: float,
+                     recent: list[float], log_bytes: int) -> dict[str, Any]:
+    """Everything a run needs to go on exactly, as tensors and plain data: the policy's and the
+    optimiser's state dicts, the model's attributes (:func:`model_state`), the env with its
+    generators and half-finished episodes, the global generators and the log's position."""
     from warp_rl.utils import global_rng_states
 
-    return pickle.dumps({
-        "format": 1,
-        "sb3_model": sb3_model,
-        "last_lstm_states": getattr(model, "_last_lstm_states", None),
-        "env": env_bytes(model.get_env()),
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "policy": model.policy.state_dict(),
+        "optimizer": model.policy.optimizer.state_dict(),
+        "model": model_state(model),
+        "env": runs.object_state(model.get_env()),
         "rng": global_rng_states(),
         "rounds": rounds,
         "wall_s": wall_s,
         "recent": recent,
-    })
+        "log_bytes": log_bytes,
+    }
+
+
+def check_checkpoint(ckpt: Any) -> None:
+    """Reject what is not a checkpoint of this script's format (for the fallback)."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not a train_maze_sb3 checkpoint of format {CHECKPOINT_FORMAT}")
+    missing = [k for k in ("config", "policy", "optimizer", "model", "env", "rng", "rounds",
+                           "wall_s", "recent", "log_bytes") if k not in ckpt]
+    if missing:
+        raise ValueError(f"a train_maze_sb3 checkpoint without {', '.join(missing)}")
+
+
+def restore(model: Any, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint's state into ``model`` (built from the run's settings, with its env)."""
+    from warp_rl.utils import set_global_rng_states
+
+    runs.load_object_state(model.get_env(), ckpt["env"])
+    runs.load_object_state(model, ckpt["model"])
+    model.policy.load_state_dict(ckpt["policy"])
+    model.policy.optimizer.load_state_dict(ckpt["optimizer"])
+    set_global_rng_states(ckpt["rng"])  # after building the model, which seeds them
 
 
 def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
-                        checkpoint_every: int, start: dict[str, Any] | None = None):
+                        checkpoint_every: int, config: dict[str, Any],
+                        start: dict[str, Any] | None = None):
     """An SB3 callback writing one CSV row per round of maze episodes (see the module doc).
 
-    It also writes ``checkpoint.pkl`` (atomically) at the first rollout start at least
-    ``checkpoint_every`` rounds after the last one. ``start`` (a loaded checkpoint) continues
-    a run: the log keeps its first ``start["rounds"]`` rows and the clock goes on from there.
+    It also writes ``checkpoint.pt`` (atomically) at the first rollout start at least
+    ``checkpoint_every`` rounds after the last one, after checking that the policy's parameters
+    are finite (:class:`warp_rl.runs.NonFiniteError` otherwise: the last checkpoint is kept).
+    ``start`` (a loaded checkpoint) continues a run: the log is truncated to the checkpoint's
+    byte length and the clock goes on from there.
     """
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm.auto import tqdm
-
-    from warp_rl.utils import atomic_write_bytes, atomic_write_text
 
     path = out / LOG_NAME
 
@@ -216,20 +249,17 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
             self.wall_offset = start["wall_s"] if start else 0.0
             self.recent: list[float] = list(start["recent"]) if start else []
             self.start = 0.0
-            self.file: io.TextIOBase | None = None
+            self.log: runs.CsvLog | None = None
             self.bar = None
 
         def elapsed(self) -> float:
             return self.wall_offset + time.perf_counter() - self.start
 
         def _on_training_start(self) -> None:
-            header = ",".join(LOG_FIELDS) + "\n"
-            if start:  # drop the rows logged after the checkpoint: they are run again
-                lines = path.read_text().splitlines(keepends=True)
-                atomic_write_text(path, "".join([header, *lines[1:1 + self.rounds]]))
-            else:
-                atomic_write_text(path, header)
-            self.file = open(path, "a", newline="")
+            # Resuming drops the rows logged after the checkpoint: they are run again.
+            self.log = runs.CsvLog(path, LOG_FIELDS, start["log_bytes"] if start else None)
+            if not start:  # a folder with a log always has a checkpoint to resume
+                self.save_checkpoint()
             self.bar = tqdm(total=total_rounds, initial=self.rounds, disable=not progress,
                             unit="ep", dynamic_ncols=True, desc=out.name)
             self.start = time.perf_counter()
@@ -238,13 +268,21 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
             if self.rounds - self.saved_rounds >= checkpoint_every:
                 self.save_checkpoint()
 
-        def save_checkpoint(self) -> bytes:
-            """Write the checkpoint; returns the SB3 model in it (``model.zip``'s bytes)."""
-            sb3_model = sb3_model_bytes(self.model)
-            atomic_write_bytes(out / CHECKPOINT_NAME, checkpoint_bytes(
-                self.model, sb3_model, self.rounds, self.elapsed(), self.recent))
+        def save_checkpoint(self) -> None:
+            """Write the checkpoint (refused, keeping the last one, if a parameter is not
+            finite)."""
+            bad = non_finite_parameters(self.model)
+            if bad:
+                raise runs.NonFiniteError(
+                    f"non-finite parameters after {self.model.num_timesteps} steps (round "
+                    f"{self.rounds}: {', '.join(bad[:3])}). Training stopped; the last finite "
+                    f"checkpoint, {out / CHECKPOINT_NAME} (round {self.saved_rounds}), is kept; "
+                    "lower --lr and start a new run, or resume from it")
+            log_bytes = self.log.sync() if self.log is not None else 0
+            runs.save_checkpoint(checkpoint_state(self.model, config, self.rounds,
+                                                  self.elapsed(), self.recent, log_bytes),
+                                 out / CHECKPOINT_NAME)
             self.saved_rounds = self.rounds
-            return sb3_model
 
         def _on_step(self) -> bool:
             # The env puts {"r": return, "l": length, ...} into the info of every maze whose
@@ -253,10 +291,9 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
             returns = [info["episode"]["r"] for info in self.locals["infos"] if "episode" in info]
             if returns:
                 r = np.asarray(returns, dtype=np.float64)
-                row = (self.rounds, repr(float(r.mean())), repr(float(r.std())),
-                       self.num_timesteps, repr(self.elapsed()))
-                self.file.write(",".join(map(str, row)) + "\n")
-                self.file.flush()
+                self.log.append({"episode": self.rounds, "reward_mean": float(r.mean()),
+                                 "reward_std": float(r.std()), "timesteps": self.num_timesteps,
+                                 "wall_s": self.elapsed()})
                 self.rounds += 1
                 self.recent = ([*self.recent, float(r.mean())])[-100:]
                 self.bar.update(1)
@@ -266,22 +303,37 @@ def make_episode_logger(out: Path, total_rounds: int | None, progress: bool,
         def _on_training_end(self) -> None:
             if self.bar is not None:
                 self.bar.close()
-            if self.file is not None:
-                self.file.close()
 
     return MazeEpisodeLogger()
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Train (or, with ``--resume``, continue) as ``args`` says; returns the run folder."""
-    import torch
+def build_env(args: argparse.Namespace) -> Any:
+    """The run's VecEnv, as a new run starts it (seeded, not yet reset)."""
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
     import envs  # noqa: F401  (registers WarpMaze-v0)
     from envs.sb3_vec_env import WarpMazeSB3VecEnv
-    from warp_rl.utils import atomic_write_bytes, atomic_write_text, set_global_rng_states
 
+    if args.per_maze_envs:
+        env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
+                           env_kwargs={"size": args.size, "episode_length": args.episode_length})
+    else:
+        env = WarpMazeSB3VecEnv(args.n_envs, size=args.size, episode_length=args.episode_length)
+        env.seed(args.seed)
+    if args.algo == "a2c":
+        env = VecFrameStack(env, n_stack=args.n_stack)
+    return env
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train (or, with ``--resume``, continue) as ``args`` says; returns the run folder.
+
+    Raises:
+        SystemExit: a refused argument (message as its ``code``).
+        warp_rl.runs.RunError: a refused folder, checkpoint or resume.
+        warp_rl.runs.NonFiniteError: a parameter became NaN or inf.
+    """
     if args.size < 5 or args.size % 2 == 0:
         raise SystemExit(f"--size must be an odd integer >= 5; got {args.size}")
     if not 0.0 <= args.gamma <= 1.0:
@@ -294,9 +346,17 @@ def train(args: argparse.Namespace) -> Path:
                 raise SystemExit(f"--{flag.replace('_', '-')} applies to recurrent_ppo only; "
                                  f"got it with --algo {args.algo}")
     algo_cls = import_algo(args.algo)
+    out = runs.check_out_dir(args.out)  # "" (the current folder), a file, unwritable: refused
+    with runs.acquire_lock(out):  # for the run's lifetime: a second run here is refused
+        return _train_locked(args, algo_cls, out)
+
+
+def _train_locked(args: argparse.Namespace, algo_cls: type, out: Path) -> Path:
+    """:func:`train` in the locked folder ``out``."""
+    import torch
+
     torch.set_num_threads(args.threads)
     timesteps = args.timesteps or args.episodes * args.n_envs * args.episode_length
-    out: Path = args.out
 
     kwargs: dict[str, Any] = {"seed": args.seed, "device": args.device, "gamma": args.gamma}
     if args.n_steps is not None:
@@ -324,65 +384,80 @@ def train(args: argparse.Namespace) -> Path:
                   sb3_kwargs={k: v for k, v in kwargs.items() if k != "device"})
 
     start: dict[str, Any] | None = None
+    checkpoint = out / CHECKPOINT_NAME
     if args.resume:
-        if not (out / CHECKPOINT_NAME).exists():
+        if not runs.checkpoint_exists(checkpoint):
             raise SystemExit(f"--resume: no {CHECKPOINT_NAME} in {out}; nothing to resume "
                              "(start without --resume)")
-        run_config = json.loads((out / CONFIG_NAME).read_text())
-        differ = [f"--{k.replace('_', '-')} {run_config.get(k)!r} (run) vs {config[k]!r}"
-                  for k in RUN_KEYS if run_config.get(k) != config[k]]
-        if differ:
-            raise SystemExit("--resume: the run in " + str(out) + " was started with other "
-                             "arguments: " + "; ".join(differ) + ". Pass the run's values; "
-                             "only the budget, --threads, --device and --no-progress may change")
-        start = pickle.loads((out / CHECKPOINT_NAME).read_bytes())
-        env = env_from_bytes(start["env"], args.n_stack)
-        model = algo_cls.load(io.BytesIO(start["sb3_model"]), env=env, device=args.device,
-                              force_reset=False)  # keep the last observations: no reset
-        if start["last_lstm_states"] is not None:
-            model._last_lstm_states = start["last_lstm_states"]
-        set_global_rng_states(start["rng"])  # after load, which reseeds the global generators
+        start, _ = runs.load_checkpoint(checkpoint, check_checkpoint)
+        run_config = start["config"]
+        done = int(start["model"]["__object__"]["num_timesteps"])
+        runs.check_resume({k: run_config.get(k) for k in RUN_KEYS},
+                          {k: config[k] for k in RUN_KEYS}, RESUME_MAY_CHANGE,
+                          where=f"the run in {out}")
+        runs.check_resume({"total_timesteps": run_config["total_timesteps"]},
+                          {"total_timesteps": timesteps}, ("total_timesteps",),
+                          length_key="total_timesteps", done=done,
+                          flag_of=lambda _: "--timesteps (or --episodes x --n-envs x "
+                          "--episode-length)", where=f"the run in {out}")
+        model = algo_cls(policy, build_env(args), **kwargs)
+        restore(model, start)
         print(f"resuming {out} at round {start['rounds']} ({model.num_timesteps} steps)")
     else:
-        existing = [n for n in (CHECKPOINT_NAME, LOG_NAME) if (out / n).exists()]
+        existing = runs.existing_checkpoints(checkpoint)
         if existing and not args.overwrite:
             raise SystemExit(f"{out} already holds a run ({', '.join(existing)}); pass --resume "
                              "to continue it, --overwrite to start over, or another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT_NAME, LOG_NAME, MODEL_NAME):
+        runs.remove_checkpoint(checkpoint)
+        for name in (LOG_NAME, MODEL_NAME, CONFIG_NAME):
             (out / name).unlink(missing_ok=True)
-        if args.per_maze_envs:
-            env = make_vec_env(ENV_ID, n_envs=args.n_envs, seed=args.seed,
-                               env_kwargs={"size": args.size,
-                                           "episode_length": args.episode_length})
-        else:
-            env = WarpMazeSB3VecEnv(args.n_envs, size=args.size,
-                                    episode_length=args.episode_length)
-            env.seed(args.seed)
-        if args.algo == "a2c":
-            env = VecFrameStack(env, n_stack=args.n_stack)
-        model = algo_cls(policy, env, **kwargs)
-    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        model = algo_cls(policy, build_env(args), **kwargs)
+    runs.write_json(out / CONFIG_NAME, config)
 
     total_rounds = math.ceil(timesteps / (args.n_envs * args.episode_length))
     logger = make_episode_logger(out, total_rounds, not args.no_progress,
-                                 args.checkpoint_every, start)
+                                 args.checkpoint_every, config, start)
     try:
         model.learn(total_timesteps=max(timesteps - model.num_timesteps, 0),
                     reset_num_timesteps=not args.resume, callback=logger)
+        logger.save_checkpoint()
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume --out {out} (from the last checkpoint, "
               f"round {logger.saved_rounds})", file=sys.stderr)
         raise SystemExit(130) from None
-    sb3_model = logger.save_checkpoint()
-    env.close()
-    atomic_write_bytes(out / MODEL_NAME, sb3_model)
+    except ValueError as err:  # e.g. torch's distribution check on NaN logits, mid-update
+        if isinstance(err, runs.RunError) or not non_finite_parameters(model):
+            raise
+        reason = str(err).split(":")[0]
+        raise runs.NonFiniteError(
+            f"non-finite parameters during the update after {model.num_timesteps} steps "
+            f"({reason}). Training stopped; the last finite checkpoint, {checkpoint} (round "
+            f"{logger.saved_rounds}), is kept; lower --lr and start a new run, or resume from "
+            "it") from None
+    finally:
+        if logger.log is not None:
+            logger.log.close()
+    model.get_env().close()
+    from warp_rl.utils import atomic_write_bytes
+
+    atomic_write_bytes(out / MODEL_NAME, sb3_model_bytes(model))
     return out
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Parse ``argv`` and train; a refused argument, folder or file prints one paragraph and
+    exits with code 2, a non-finite parameter with code 3."""
     args = build_parser().parse_args(argv)
-    out = train(args)
+    try:
+        out = train(args)
+    except runs.NonFiniteError as err:
+        raise runs.report_and_exit(err, runs.EXIT_NONFINITE) from None
+    except runs.RunError as err:
+        raise runs.report_and_exit(err) from None
+    except SystemExit as err:
+        if not isinstance(err.code, str):
+            raise
+        raise runs.report_and_exit(err.code) from None
     print(f"wrote {out / LOG_NAME}, {out / CONFIG_NAME}, {out / CHECKPOINT_NAME} and "
           f"{out / MODEL_NAME}")
     return out

@@ -78,7 +78,7 @@ def test_evaluate_is_reproducible(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--episodes", "0"], "episodes must be an integer >= 1; got 0"),
     (["--maze-size", "8"], "maze_size must be an odd integer >= 5; got 8"),
-    (["--lr", "-1"], "lr must be a finite number > 0; got -1.0"),
+    (["--lr", "-1"], "lr must be a number in (0, 1e+06]; got -1.0"),
     (["--device", "tpu"], "device must be cpu, cuda or cuda:N; got 'tpu'"),
     (["--agent", "gru"], "invalid choice: 'gru'"),
     (["--batch-size", "many"], "invalid int value: 'many'"),

@@ -248,14 +248,15 @@ def test_resume_continues_exactly(tmp_path, algo, flags, first_leg):
 
 def test_resume_and_overwrite_errors(tmp_path):
     common = ["--algo", "a2c", *TINY, "--out", str(tmp_path)]
-    with pytest.raises(SystemExit, match=r"no checkpoint\.pkl in .*start without --resume"):
+    with pytest.raises(SystemExit, match=r"no checkpoint\.pt in .*start without --resume"):
         sb3_script.main([*common, "--resume"])
     sb3_script.main(common)
     before = (tmp_path / "log.csv").read_text()
     with pytest.raises(SystemExit, match=r"already holds a run .*--resume.*--overwrite"):
         sb3_script.main(common)
     assert (tmp_path / "log.csv").read_text() == before  # nothing lost
-    with pytest.raises(SystemExit, match=r"--seed 0 \(run\) vs 1.*only the budget"):
+    with pytest.raises(SystemExit,
+                       match=r"cannot change --seed on resume \(the run has 0, asked for 1\)"):
         sb3_script.main([*common, "--resume", "--seed", "1"])
     with pytest.raises(SystemExit, match="--resume and --overwrite contradict"):
         sb3_script.main([*common, "--resume", "--overwrite"])

@@ -157,7 +157,8 @@ def test_batch_must_split_evenly(two_ranks):
 
 def test_rank0_writes_and_resume_is_exact(two_ranks):
     root, (r0, _) = two_ranks
-    assert sorted(p.name for p in (root / "straight").iterdir()) == ["checkpoint.pt", "log.csv"]
+    assert sorted(p.name for p in (root / "straight").iterdir()) == [
+        ".lock", "checkpoint.prev.pt", "checkpoint.pt", "log.csv"]  # rank 0's files only
     ckpt = load_checkpoint(root / "straight" / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2
     assert ckpt["episode"] == 4
@@ -197,4 +198,5 @@ def test_train_maze_script_under_torchrun(tmp_path):
     assert "2 processes of 2 mazes" in run.stdout
     assert read_log(out / "log.csv")["episode"].tolist() == [0, 1]
     assert load_checkpoint(out / "checkpoint.pt")["world_size"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "checkpoint.prev.pt", "checkpoint.pt", "config.json", "log.csv"]

@@ -78,8 +78,8 @@ def test_resume_is_exact(data, tmp_path, method):
     assert read_rows(straight / "train.csv") == read_rows(halted / "train.csv")
     assert read_rows(straight / "val.csv") == read_rows(halted / "val.csv")
     assert a["test_acc"] == b["test_acc"] and a["auc_acc"] == b["auc_acc"]
-    sa = torch.load(straight / "checkpoint.pt", weights_only=False)["learner"]
-    sb = torch.load(halted / "checkpoint.pt", weights_only=False)["learner"]
+    sa = torch.load(straight / "checkpoint.pt", weights_only=True)["learner"]
+    sb = torch.load(halted / "checkpoint.pt", weights_only=True)["learner"]
     flat_a, flat_b = _tensors(sa), _tensors(sb)
     assert flat_a.keys() == flat_b.keys()
     for k in flat_a:
@@ -102,7 +102,7 @@ def test_refuses_overwrite_mismatch_and_bad_flags(data, tmp_path):
     main(argv(data, out, "no", "--no-test"))
     with pytest.raises(SystemExit, match="pass --resume"):
         main(argv(data, out, "no"))
-    with pytest.raises(SystemExit, match=r"settings differ.*meta_model"):
+    with pytest.raises(SystemExit, match=r"other settings.*--meta-model"):
         main(argv(data, out, "leap", "--resume"))
     with pytest.raises(SystemExit, match=r"--warp-residual applies to warp_leap and warp only"):
         main(argv(data, tmp_path / "w", "leap", "--warp-residual"))

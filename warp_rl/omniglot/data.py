@@ -18,6 +18,12 @@ centres fall inside its 3.75 x 3.75 footprint) and is stored as uint8
 blank paper. The result is cached once per source in an
 ``.npz`` under ``~/.cache/warp_rl/omniglot`` (or ``--cache-dir`` / ``$WARP_RL_CACHE``), keyed by
 the SHA-256 of the source files, so a changed source is never served from a stale cache.
+
+Checksums: the shared npz pair is checked against its known SHA-256 (:data:`KNOWN_FILES`) when
+its ``alphabets.csv`` says it is the official data (964 background and 659 evaluation
+characters); an edited file is refused. File digests are remembered in ``checksums.json`` in the
+cache folder (or ``$WARP_RL_CHECKSUM_CACHE``), keyed by path, size and modification time, so only
+the first use of a file pays for hashing it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -48,6 +55,8 @@ CACHE_VERSION = 1
 
 DATA_ENV = "WARP_RL_OMNIGLOT"
 CACHE_ENV = "WARP_RL_CACHE"
+CHECKSUM_CACHE_ENV = "WARP_RL_CHECKSUM_CACHE"
+CHECKSUM_CACHE_NAME = "checksums.json"
 HOW_TO_GET = (
     "get the data with `python scripts/train_omniglot.py --download --data-root DIR` (fetches "
     "the official archives from https://github.com/brendenlake/omniglot, folder python/), or "
@@ -67,6 +76,9 @@ class KnownFile:
     digest: str
     size: int | None = None
     url: str | None = None
+    characters: int | None = None
+    """For the npz pair: the number of characters ``alphabets.csv`` lists for the official file
+    (the digest is enforced for a pair that claims to be the official data)."""
 
 
 # MD5s of the official archives are those published with torchvision's Omniglot dataset; the
@@ -94,10 +106,12 @@ KNOWN_FILES: dict[str, KnownFile] = {
         OFFICIAL_URL.format(name="all_runs.zip"),
     ),
     "images_background.npz": KnownFile(
-        "sha256", "8bf84167413cd00beacdce3fe582f780ab538d8dbef043a6d688f2527bbce199"
+        "sha256", "8bf84167413cd00beacdce3fe582f780ab538d8dbef043a6d688f2527bbce199",
+        characters=964,
     ),
     "images_evaluation.npz": KnownFile(
-        "sha256", "0b84c7ffd94c4841c0040e529c86a82eaaccb986d8eadad5673f7991b7475276"
+        "sha256", "0b84c7ffd94c4841c0040e529c86a82eaaccb986d8eadad5673f7991b7475276",
+        characters=659,
     ),
 }
 
@@ -169,6 +183,75 @@ def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cached_digest(path: str | os.PathLike, cache_file: str | os.PathLike | None) -> str:
+    """SHA-256 hex digest of ``path``, remembered in the JSON file ``cache_file`` keyed by the
+    file's resolved path, size and modification time (so an unchanged file is hashed once).
+    ``cache_file=None`` hashes every time. A broken cache file is ignored and rewritten."""
+    path = Path(path)
+    if cache_file is None:
+        return file_digest(path)
+    cache_file = Path(cache_file)
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        table = json.loads(cache_file.read_text(encoding="utf-8"))
+        if not isinstance(table, dict):
+            table = {}
+    except (OSError, ValueError):
+        table = {}
+    digest = table.get(key)
+    if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
+        return digest
+    digest = file_digest(path)
+    table = {k: v for k, v in table.items() if not k.startswith(f"{path.resolve()}|")}
+    table[key] = digest
+    try:
+        atomic_write_bytes(cache_file, json.dumps(table, indent=1).encode())
+    except OSError:  # a read-only cache folder only costs the hashing next time
+        pass
+    return digest
+
+
+def default_checksum_cache(cache_dir: str | os.PathLike | None) -> Path:
+    """``$WARP_RL_CHECKSUM_CACHE``, else ``checksums.json`` in ``cache_dir`` (default
+    :func:`default_cache_dir`)."""
+    env = os.environ.get(CHECKSUM_CACHE_ENV)
+    if env:
+        return Path(env)
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / (
+        CHECKSUM_CACHE_NAME)
+
+
+def verify_npz_pair(root: str | os.PathLike, checksum_cache: str | os.PathLike | None) -> None:
+    """Refuse an official npz file whose SHA-256 differs from the known one.
+
+    A file counts as official when ``alphabets.csv`` lists, for its set, the official number
+    of characters (:attr:`KnownFile.characters`); other pairs (e.g. synthetic test data) have
+    no known checksum and pass.
+
+    Raises:
+        ChecksumError: naming the file, both digests and what to do.
+    """
+    root = Path(root)
+    rows = _read_alphabets_csv(root / "alphabets.csv")
+    for set_name in dict.fromkeys(r[0] for r in rows):
+        name = f"images_{set_name}.npz"
+        known = KNOWN_FILES.get(name)
+        path = root / name
+        if known is None or known.characters is None or not path.is_file():
+            continue
+        if sum(r[3] for r in rows if r[0] == set_name) != known.characters:
+            continue
+        got = cached_digest(path, checksum_cache)
+        if got != known.digest:
+            raise ChecksumError(
+                f"{path}: sha256 {got}, expected {known.digest} (alphabets.csv lists the "
+                f"official {known.characters} {set_name} characters, so this must be the "
+                f"official file; it was changed or is corrupt); restore the file or fetch it "
+                f"again; {HOW_TO_GET}"
+            )
 
 
 def verify_file(
@@ -333,25 +416,33 @@ def _read_alphabets_csv(path: Path) -> list[tuple[str, str, int, int]]:
             f"first_character_id,num_characters); {HOW_TO_GET}"
         )
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"set", "alphabet", "first_character_id", "num_characters"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise OmniglotDataError(
-                f"{path}: header {reader.fieldnames}, expected columns {sorted(need)}"
-            )
-        for i, row in enumerate(reader, start=2):
-            try:
-                rows.append(
-                    (
-                        row["set"],
-                        row["alphabet"],
-                        int(row["first_character_id"]),
-                        int(row["num_characters"]),
-                    )
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise OmniglotDataError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected the alphabet index "
+            f"as UTF-8 CSV with columns set,alphabet,first_character_id,num_characters; "
+            f"restore the file; {HOW_TO_GET}"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    need = {"set", "alphabet", "first_character_id", "num_characters"}
+    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        raise OmniglotDataError(
+            f"{path}: header {reader.fieldnames}, expected columns {sorted(need)}"
+        )
+    for i, row in enumerate(reader, start=2):
+        try:
+            rows.append(
+                (
+                    row["set"],
+                    row["alphabet"],
+                    int(row["first_character_id"]),
+                    int(row["num_characters"]),
                 )
-            except (TypeError, ValueError) as e:
-                raise OmniglotDataError(f"{path}, line {i}: {e}") from e
+            )
+        except (TypeError, ValueError) as e:
+            raise OmniglotDataError(f"{path}, line {i}: {e}") from e
     if not rows:
         raise OmniglotDataError(f"{path}: no alphabets listed")
     return rows
@@ -539,7 +630,7 @@ def _sources(root: Path) -> tuple[str, list[Path]]:
     return "none", []
 
 
-def _source_key(paths: list[Path]) -> str:
+def _source_key(paths: list[Path], checksum_cache: Path | None = None) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}/{RESAMPLE}".encode())
     for p in paths:
         h.update(p.name.encode())
@@ -548,7 +639,7 @@ def _source_key(paths: list[Path]) -> str:
                 st = f.stat()
                 h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
         elif p.exists():
-            h.update(file_digest(p).encode())
+            h.update(cached_digest(p, checksum_cache).encode())
     return h.hexdigest()[:20]
 
 
@@ -563,7 +654,8 @@ def load_omniglot(
     Args:
         root: data folder (default :func:`default_data_root`); the npz pair is preferred over
             the official layout when both are present.
-        cache_dir: where the resized ``.npz`` is kept (default :func:`default_cache_dir`).
+        cache_dir: where the resized ``.npz`` and the file digests are kept (default
+            :func:`default_cache_dir`; see :func:`default_checksum_cache`).
         download: if ``root`` holds no data, fetch the official archives into it first.
         fetch: see :func:`download_official`.
 
@@ -582,8 +674,11 @@ def load_omniglot(
         for p in paths:
             if p.name in KNOWN_FILES and p.is_file():
                 verify_file(p)
+    checksums = default_checksum_cache(cache_dir)
+    if kind == "npz":
+        verify_npz_pair(root, checksums)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache = cache_dir / f"omniglot{IMAGE_SIZE}_{kind}_{_source_key(paths)}.npz"
+    cache = cache_dir / f"omniglot{IMAGE_SIZE}_{kind}_{_source_key(paths, checksums)}.npz"
     if cache.is_file():
         try:
             return _read_cache(cache)

@@ -4,13 +4,23 @@ A run writes into ``--out``:
 
 - ``config.json``: the settings; ``train.csv``: one row per meta-step (results on the
   meta-batch's tasks, seconds); ``val.csv``: one row per validation;
-- ``checkpoint.pt``: everything needed to continue exactly (``--resume``), written atomically;
+- ``checkpoint.pt``: everything needed to continue exactly (``--resume``), written atomically
+  at the start, every ``--checkpoint-every`` meta-steps and at the end, the one before kept as
+  ``checkpoint.prev.pt``;
 - ``test.json`` / ``test_tasks.csv`` / ``test_curve.csv``: the final test on the 10 meta-test
   alphabets (held-out accuracy, area under the adaptation curve, per task, per step);
 - ``oneshot.json`` with ``--one-shot``; ``curves.png``: validation and test curves.
 
 Under ``torchrun --nproc_per_node=P`` each meta-batch's tasks, and the evaluation tasks, are
 split over the P ranks (:mod:`warp_rl.omniglot.distributed`); rank 0 alone writes.
+
+The run folder follows :mod:`warp_rl.runs` (as the maze trainers do): rank 0 holds its lock for
+the run's lifetime; checkpoints are loaded with ``weights_only=True`` (falling back to
+``checkpoint.prev.pt`` if the latest is unusable); ``--resume`` needs the logs the checkpoint
+expects, the same settings (but :data:`RESUMABLE`), a ``--meta-steps`` not below the steps done
+and the same data (a fingerprint of the images); a non-finite loss or parameter stops the run
+(exit code 3) keeping the last finite checkpoint; ``test.json`` is strict JSON. Refused flags,
+paths and files exit with code 2 and one paragraph of error.
 """
 
 from __future__ import annotations
@@ -18,8 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
-import json
 import math
 import sys
 import time
@@ -28,8 +36,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from warp_rl import distributed
-from warp_rl.utils import atomic_save, atomic_write_text
+from warp_rl import distributed, runs
 
 from .data import OmniglotDataError, default_data_root, load_omniglot
 from .distributed import DataParallelLearner
@@ -37,6 +44,10 @@ from .meta_learners import METHODS, MetaLearner, OptimConfig, TaskResults, make_
 from .models import ACTIVATIONS, WarpConfig
 from .oneshot import identify_alphabets, read_runs, runs_pool
 from .tasks import TaskPool, TaskSampler, split_alphabets
+
+CHECKPOINT_FORMAT = 2
+"""Format 2 (this version) adds the logs' byte lengths and the data fingerprint; format-1
+checkpoints (no ``format`` key) cannot be resumed."""
 
 # settings that may change when a run is resumed (everything else must match)
 RESUMABLE = {
@@ -189,36 +200,9 @@ def eval_batch(pool: TaskPool, count: int, args: argparse.Namespace, tag: str):
     return pool.sample(ids, args.task_steps, args.task_batch_size, g)
 
 
-class CsvLog:
-    """A CSV file rewritten atomically on every append (small logs, crash-safe); with
-    ``write=False`` (ranks other than 0) the rows are kept but no file is written."""
-
-    def __init__(self, path: Path, fields: list[str], write: bool = True) -> None:
-        self.path, self.fields, self.rows, self.write = path, fields, [], write
-
-    def load(self, max_step: int) -> None:
-        """Keep the rows of an existing file up to ``max_step`` (for ``--resume``)."""
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= max_step]
-            self._write()
-
-    def append(self, row: dict) -> None:
-        self.rows.append({k: row.get(k, "") for k in self.fields})
-        self._write()
-
-    def _write(self) -> None:
-        if not self.write:
-            return
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
-
-
 def _fmt(x: float) -> str:
-    return f"{x:.6g}"
+    """A log number: 6 significant digits; non-finite ones as an empty field (never NaN)."""
+    return f"{x:.6g}" if math.isfinite(x) else ""
 
 
 def _row(step: int, res: TaskResults, **extra) -> dict:
@@ -257,12 +241,71 @@ def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner
                         warp=_warp_config(args), maml_unroll=args.maml_unroll, **warp_kwargs)
 
 
+def data_fingerprint(data) -> str:
+    """A short SHA-256 of the loaded images (per-drawing hashes, alphabets, character counts):
+    equal for the same data wherever it lives, different for other data."""
+    h = hashlib.sha256(data.hashes.tobytes())
+    h.update("\n".join(data.alphabets).encode())
+    h.update(data.offsets.astype("int64").tobytes())
+    return h.hexdigest()[:32]
+
+
+def _nonfinite_tensors(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in ``tree`` (nested dicts/lists) holding NaN/inf."""
+    bad = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(
+        tree, list | tuple) else []
+    for k, v in items:
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                bad.append(f"{prefix}{k}")
+        else:
+            bad += _nonfinite_tensors(v, f"{prefix}{k}.")
+    return bad
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of the setting ``name`` (``vars(args)`` key)."""
+    return {"progress": "--no-progress", "test": "--no-test"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
+def _check_checkpoint(ckpt) -> None:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an Omniglot checkpoint of format {CHECKPOINT_FORMAT} (runs "
+                         "written before that format cannot be resumed by this version)")
+    missing = [k for k in ("step", "config", "learner", "generator", "sampler", "logs", "data")
+               if k not in ckpt]
+    if missing:
+        raise ValueError(f"an Omniglot checkpoint without {', '.join(missing)}")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Meta-train, validate, test (and run the one-shot benchmark); returns the test summary.
 
     Under torchrun (a process group is set up by :func:`main`), every rank runs this; rank 0
-    decides about the output folder and alone writes into it."""
+    decides about the output folder, holds its lock (:func:`warp_rl.runs.acquire_lock`) and
+    alone writes into it."""
     check_args(args)
+    if args.out is not None and not str(args.out).strip():
+        raise SystemExit("--out is empty; expected a folder for the run's files (it is created "
+                         "if needed); pass a path such as --out runs/omniglot/my-run")
+    out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
+    lock = None
+    if distributed.is_main():
+        try:
+            lock = runs.acquire_lock(out)
+        except runs.RunError as e:
+            raise SystemExit(str(e)) from None
+    try:
+        return _run(args, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict:
+    """:func:`run` with ``out`` locked."""
     main_rank, world = distributed.is_main(), distributed.world_size()
     try:
         device = distributed.local_device(resolve_device(args.device))
@@ -272,15 +315,17 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
     ckpt_path = out / "checkpoint.pt"
 
     def check_out() -> None:
-        if ckpt_path.exists() and not args.resume:
-            raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or "
-                             "choose another --out")
-        if args.resume and not ckpt_path.exists():
-            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        existing = runs.existing_checkpoints(ckpt_path)
+        if existing and not args.resume:
+            raise SystemExit(f"{out} already holds a run ({', '.join(existing)}): pass --resume "
+                             "to continue that run, or choose another --out")
+        if args.resume and not runs.checkpoint_exists(ckpt_path):
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path} (nor "
+                             f"{runs.previous_path(ckpt_path).name}); nothing to resume: start "
+                             "without --resume")
 
     distributed.run_on_rank0(check_out)
     try:
@@ -305,57 +350,102 @@ def run(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(derived_seed(args.seed, "meta-train"))
     sampler = TaskSampler(len(train_pool))
     fields = ["step", *SUMMARY_FIELDS]
-    train_log = CsvLog(out / "train.csv", [*fields, "seconds", "meta_loss"], write=main_rank)
-    val_log = CsvLog(out / "val.csv", fields, write=main_rank)
     start = 0
     config = _config(args)
+    fingerprint = data_fingerprint(data)
+    log_bytes: dict = {"train": None, "val": None}
+    last_val = ""
     if args.resume:
-        # rank 0 reads the file, every rank gets its content (on the CPU when distributed)
-        ckpt = distributed.run_on_rank0(torch.load, ckpt_path, weights_only=False,
-                                        map_location=device if world == 1 else "cpu")
+        # rank 0 reads the file, every rank gets its content (on the CPU when distributed);
+        # tensors and plain data only, with the fallback to checkpoint.prev.pt
+        try:
+            ckpt, _ = distributed.run_on_rank0(runs.load_checkpoint, ckpt_path,
+                                               _check_checkpoint,
+                                               map_location=device if world == 1 else "cpu")
+        except runs.RunError as e:
+            raise SystemExit(f"--resume: {e}") from None
         saved_world = ckpt["learner"].get("world_size", 1)
         if saved_world != world:
             raise SystemExit(f"--resume: the checkpoint was written by {saved_world} "
                              f"process(es); resume it on {saved_world}, not {world}")
-        diff = {k: (ckpt["config"].get(k), v) for k, v in config.items()
-                if k not in RESUMABLE and ckpt["config"].get(k) != v}
-        if diff:
-            raise SystemExit("--resume: settings differ from the checkpoint's "
-                             f"(checkpoint, now): {diff}")
+        start = int(ckpt["step"])
+        try:
+            runs.check_resume(ckpt["config"], config, RESUMABLE, length_key="meta_steps",
+                              done=start if learner.trains else None,
+                              where=f"the run in {out}", flag_of=_flag)
+        except runs.RunError as e:
+            raise SystemExit(str(e)) from None
+        if ckpt["data"] != fingerprint:
+            raise SystemExit(
+                f"--resume: the Omniglot data loaded now ({data.source}) differ from the data "
+                f"the run in {out} was trained on (fingerprint {fingerprint}, expected "
+                f"{ckpt['data']}); resume with the run's own --data-root (config.json's "
+                "data_source), or start a new run")
         learner.load_state_dict(ckpt["learner"])
         generator.set_state(ckpt["generator"])
         sampler.load_state_dict(ckpt["sampler"])
-        start = int(ckpt["step"])
-        train_log.load(start)
-        val_log.load(start)
-    elif main_rank:
-        out.mkdir(parents=True, exist_ok=True)
+        log_bytes = ckpt["logs"]
+    train_log: runs.CsvLog | runs.NoLog = runs.NoLog()
+    val_log: runs.CsvLog | runs.NoLog = runs.NoLog()
     if main_rank:
-        atomic_write_text(out / "config.json", json.dumps({
+        try:
+            train_log = runs.CsvLog(out / "train.csv", [*fields, "seconds", "meta_loss"],
+                                    log_bytes["train"])
+            val_log = runs.CsvLog(out / "val.csv", fields, log_bytes["val"])
+        except runs.RunError as e:
+            raise SystemExit(f"--resume: {e}") from None
+        if args.resume:
+            with open(out / "val.csv", newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            last_val = rows[-1]["test_acc"] if rows else ""
+        runs.write_json(out / "config.json", {
             **config, "split": {"train": split.train, "val": split.val, "test": split.test},
-            "data_source": data.source}, indent=2))
+            "data_source": data.source, "data_fingerprint": fingerprint})
 
     val_tasks = eval_batch(val_pool, args.val_tasks or len(val_pool), args, "val")
 
     def validate(step: int) -> dict:
         res = learner.evaluate(val_tasks)
+        loss = res.test_loss.mean().item()
+        if not math.isfinite(loss):
+            raise runs.NonFiniteError(
+                f"non-finite validation loss at meta-step {step} (test_loss={loss}): adapting "
+                f"to a task diverges. Training stopped; {kept()}")
         row = _row(step, res)
         val_log.append(row)
         return row
 
+    saved_step = start if args.resume else None
+
+    def kept() -> str:
+        if saved_step is None:
+            return "no checkpoint had been written"
+        return (f"the last finite checkpoint, {ckpt_path} (meta-step {saved_step}), is kept; "
+                "lower --outer-lr / --inner-lr and start a new run, or resume from it")
+
     def save(step: int) -> None:
-        state = {"step": step, "config": config, "learner": learner.state_dict(),
-                 "generator": generator.get_state(), "sampler": sampler.state_dict()}
+        nonlocal saved_step
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
+                 "learner": learner.state_dict(), "generator": generator.get_state(),
+                 "sampler": sampler.state_dict(), "data": fingerprint,
+                 "logs": {"train": train_log.sync(), "val": val_log.sync()}}
+        bad = _nonfinite_tensors(state["learner"])
+        if bad:  # every rank holds the same state: every rank stops here
+            raise runs.NonFiniteError(
+                f"non-finite parameters after meta-step {step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}). Training stopped; {kept()}")
         if main_rank:  # (learner.state_dict() is a collective under torchrun: all ranks call)
-            atomic_save(state, ckpt_path)
+            runs.save_checkpoint(state, ckpt_path)
+        saved_step = step
 
     steps = args.meta_steps if learner.trains else 0
-    if args.validate_every and start == 0 and learner.trains:
-        validate(0)
+    if not args.resume:  # a resumed run's step-0 validation is already in val.csv
+        if args.validate_every and learner.trains:
+            validate(0)
+        save(0)  # a folder with logs always has a checkpoint to resume
     bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps,
                disable=not (args.progress and main_rank), desc=f"{args.meta_model} meta-steps",
                unit="step")
-    last_val = val_log.rows[-1]["test_acc"] if val_log.rows else ""
     for step in bar:
         t0 = time.perf_counter()
         ids = sampler(args.meta_batch_size, generator)
@@ -363,6 +453,16 @@ def run(args: argparse.Namespace) -> dict:
         res = learner.meta_step(tasks)
         seconds = time.perf_counter() - t0
         info = getattr(learner, "last_info", None)
+        losses = {"test_loss": res.test_loss.mean().item(), "train_loss":
+                  res.train_loss.mean().item()}
+        if info is not None:
+            losses["meta_loss"] = float(info.meta_loss)
+        if not all(math.isfinite(v) for v in losses.values()):
+            bar.close()
+            raise runs.NonFiniteError(
+                f"non-finite loss at meta-step {step} ("
+                + ", ".join(f"{k}={v}" for k, v in losses.items())
+                + f"). Training stopped; {kept()}")
         train_log.append(_row(step, res, seconds=_fmt(seconds),
                               meta_loss=_fmt(info.meta_loss) if info else ""))
         if args.validate_every and step % args.validate_every == 0:
@@ -372,8 +472,8 @@ def run(args: argparse.Namespace) -> dict:
         bar.set_postfix(train_acc=f"{res.test_acc.mean().item():.3f}", val_acc=last_val,
                         s_per_step=f"{seconds:.1f}")
     bar.close()
-    if not learner.trains or steps == start == 0:
-        save(start)
+    if saved_step != steps:
+        save(steps)
 
     summary: dict = {"meta_model": args.meta_model, "seed": args.seed,
                      "meta_steps": steps, "num_pretrain": args.num_pretrain}
@@ -382,28 +482,28 @@ def run(args: argparse.Namespace) -> dict:
         res = learner.evaluate(test_tasks)
         summary.update(res.summary())
         summary["test_alphabets"] = list(split.test)
-        tasks_log = CsvLog(out / "test_tasks.csv",
-                           ["step", "alphabet", "test_acc", "test_loss", "auc_acc", "auc_loss"],
-                           write=main_rank)
+        task_rows = []
         for i in range(len(res.test_acc)):
-            tasks_log.rows.append({
+            task_rows.append({
                 "step": steps, "alphabet": test_pool.names[int(res.task_ids[i])],
                 "test_acc": _fmt(res.test_acc[i].item()),
                 "test_loss": _fmt(res.test_loss[i].item()),
                 "auc_acc": _fmt(res.train_acc[i].mean().item()),
                 "auc_loss": _fmt(res.train_loss[i].mean().item())})
-        tasks_log._write()
-        curve = CsvLog(out / "test_curve.csv", ["step", "train_acc", "train_loss"],
-                       write=main_rank)
-        curve.rows = [{"step": k, "train_acc": _fmt(a), "train_loss": _fmt(l)} for k, (a, l) in
+        curve_rows = [{"step": k, "train_acc": _fmt(a), "train_loss": _fmt(l)} for k, (a, l) in
                       enumerate(zip(res.train_acc.mean(0).tolist(),
                                     res.train_loss.mean(0).tolist(), strict=True))]
-        curve._write()
+        if main_rank:
+            runs.write_csv(out / "test_tasks.csv", ["step", "alphabet", "test_acc",
+                                                    "test_loss", "auc_acc", "auc_loss"],
+                           task_rows)
+            runs.write_csv(out / "test_curve.csv", ["step", "train_acc", "train_loss"],
+                           curve_rows)
     if args.one_shot:
         summary["one_shot"] = one_shot(learner, args, data, split, device)
     if not main_rank:
         return summary
-    atomic_write_text(out / "test.json", json.dumps(summary, indent=2))
+    runs.write_json(out / "test.json", summary)  # strict JSON: a non-finite number is null
     try:
         from .plots import plot_run
 
@@ -450,15 +550,25 @@ def main(argv: list[str] | None = None) -> dict:
     main_rank = distributed.is_main()
     try:
         summary = run(args)
+    except runs.NonFiniteError as e:
+        if main_rank:
+            print(f"error: {e}", file=sys.stderr)
+        raise runs.ExitWithMessage(str(e), runs.EXIT_NONFINITE) from None
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        if main_rank:  # one paragraph, no traceback, exit code 2 (as argparse's errors)
+            print(f"error: {e.code}", file=sys.stderr)
+        raise runs.ExitWithMessage(e.code, runs.EXIT_USAGE) from None
     finally:
         if not joined:
             distributed.shutdown()
     if not main_rank:
         return summary
     keys = ["meta_model", "seed", "meta_steps", "test_acc", "test_acc_std", "auc_acc"]
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    print(runs.dumps_strict({k: summary[k] for k in keys if k in summary}, indent=None))
     if "one_shot" in summary:
         o = summary["one_shot"]
-        print(json.dumps({"one_shot_acc": o["acc"], "unseen_runs": o["num_unseen_runs"],
-                          "one_shot_acc_unseen": o["acc_unseen_alphabets"]}))
+        print(runs.dumps_strict({"one_shot_acc": o["acc"], "unseen_runs": o["num_unseen_runs"],
+                                 "one_shot_acc_unseen": o["acc_unseen_alphabets"]}, indent=None))
     return summary
