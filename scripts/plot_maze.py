@@ -180,6 +180,11 @@ def smooth(x: np.ndarray, window: int) -> np.ndarray:
     return (c[i + 1] - c[lo]) / (i + 1 - lo)
 
 
+def first_episodes(run: Run, count: int) -> Run:
+    """``run`` cut to its first ``count`` episodes (a screen at a fixed length)."""
+    return Run(run.path, run.agent, run.episode[:count], run.reward[:count], run.wall_s[:count])
+
+
 def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
     """Runs by agent, agents in first-seen order."""
     groups: dict[str, list[Run]] = {}
@@ -331,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-parent", action="store_true",
                    help="label each run by the name of the folder above its folder "
                         "(results/maze/<label>/seed<S>/)")
+    p.add_argument("--max-episodes", type=_positive_int, default=None,
+                   help="use only each run's first this many episodes (compare runs of "
+                        "different lengths at one length)")
     p.add_argument("--smooth", type=_positive_int, default=100,
                    help="moving-average window in episodes (100)")
     p.add_argument("--last", type=_positive_int, default=250,
@@ -354,6 +362,8 @@ def main(argv: list[str] | None = None) -> str:
         runs = load_runs(args.runs, args.label, args.label_parent)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"plot_maze: {err}") from None
+    if args.max_episodes is not None:
+        runs = [first_episodes(r, args.max_episodes) for r in runs]
     groups = group_runs(runs)
     summaries = [summarise(g, args.smooth, args.last, args.thresholds, args.at)
                  for g in groups.values()]

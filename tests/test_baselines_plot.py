@@ -163,3 +163,13 @@ def test_label_parent_groups_by_the_folder_above(runs, tmp_path):
     assert sum(r.agent == "group_a" for r in loaded) == 3
     with pytest.raises(ValueError, match="contradict"):
         plot_maze.load_runs([tmp_path / "res"], ["x"], label_parent=True)
+
+
+def test_max_episodes_cuts_every_run(runs, tmp_path):
+    full = plot_maze.main([str(runs / "all"), "--out", str(tmp_path / "a.png"), "--last", "100"])
+    cut = plot_maze.main([str(runs / "all"), "--out", str(tmp_path / "b.png"), "--last", "100",
+                          "--max-episodes", "500"])
+    assert cut != full
+    # 'linear' seed s earns (episode + 10 s) / 10: over episodes 400-499 seed s earns 44.95 + s
+    line = next(row for row in cut.splitlines() if row.startswith("| linear"))
+    assert line.startswith("| linear | 3 | 500 | 46.0 [45.0, 47.0] |")
