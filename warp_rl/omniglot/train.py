@@ -403,6 +403,11 @@ def estimate(
             f"{time.strftime('%H:%M %Z', time.localtime(time.time() + total))}")
 
 
+def run_folder(args: argparse.Namespace) -> Path:
+    """``--out``, by default ``runs/omniglot/<meta-model>-seed<seed>``."""
+    return Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Meta-train, validate, test (and run the one-shot benchmark); returns the test summary.
 
@@ -421,7 +426,7 @@ def run(args: argparse.Namespace) -> dict:
     if main_rank and args.warp_layers == 1 and args.warp_filters != WARP_FILTERS_DEFAULT:
         print(f"note: --warp-filters {args.warp_filters} changes nothing with --warp-layers 1 "
               "(the only warp layer of a block has --num-filters channels)", file=sys.stderr)
-    out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
+    out = run_folder(args)
     ckpt_path = out / "checkpoint.pt"
 
     def check_out() -> None:
@@ -573,7 +578,6 @@ def run(args: argparse.Namespace) -> dict:
         plot_run(out)
     except Exception as e:  # a plot must never lose a finished run's numbers
         print(f"warning: plot failed: {e}", file=sys.stderr)
-    summary["out"] = str(out)  # (not in test.json: where the outputs are, for main's last line)
     return summary
 
 
@@ -630,7 +634,7 @@ def main(argv: list[str] | None = None) -> dict:
         o = summary["one_shot"]
         print(json.dumps({"one_shot_acc": o["acc"], "unseen_runs": o["num_unseen_runs"],
                           "one_shot_acc_unseen": o["acc_unseen_alphabets"]}))
-    out = Path(summary["out"])
+    out = run_folder(args)
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     print(f"outputs in {out}/: {', '.join(files)}")
     return summary
