@@ -46,12 +46,12 @@ def tasks(pool: TaskPool, ids=(0, 1), steps: int = STEPS, seed: int = 0):
     return pool.sample(torch.tensor(ids), steps, BATCH, torch.Generator().manual_seed(seed))
 
 
-def learner(method: str, outer_lr: float = 0.1, **kw):
+def learner(method: str, outer_lr: float = 0.1, seed: int = 0, **kw):
     warp = {}
     if method.startswith("warp"):
         warp = dict(warp=WarpConfig(filters=FILTERS), meta_batch_size=4)
     kw = {"num_filters": FILTERS, **kw}
-    return make_learner(method, OptimConfig("sgd", 0.1), OptimConfig("sgd", outer_lr), seed=0,
+    return make_learner(method, OptimConfig("sgd", 0.1), OptimConfig("sgd", outer_lr), seed=seed,
                         num_pretrain=3, **warp, **kw)
 
 
@@ -240,3 +240,78 @@ def test_select_keeps_the_draws():
     assert sub.task_ids.tolist() == [0, 1] and sub.num_tasks == 2
     assert torch.equal(sub.train_batch(2)[0], batch.train_batch(2)[0][1:])
     assert torch.equal(sub.test_set()[0], batch.test_set()[0][1:])
+
+
+# --------------------------------------------------------------------------- the original's choices
+
+
+def _start_heads(lr, run):
+    """Heads and conv weights the model starts each task with while ``run()`` executes."""
+    starts = []
+    adapt = lr.adapt_from_here
+
+    def spy(task, after_step=None):
+        starts.append((lr.model.head.weight.detach().clone(),
+                       lr.model.blocks[0][0].weight.detach().clone()))
+        return adapt(task, after_step)
+
+    lr.adapt_from_here = spy
+    run()
+    lr.adapt_from_here = adapt
+    return starts
+
+
+@pytest.mark.parametrize("method", ["leap", "reptile", "fomaml"])
+def test_fresh_task_heads(method):
+    pool = tiny_pool()
+    learned, fresh = learner(method), learner(method, task_head="fresh")
+    init_head = fresh.init_model.head.weight.detach().clone()
+    init_conv = fresh.init_model.blocks[0][0].weight.detach().clone()
+    # default: every task starts from the learned initialisation, head included
+    learned_head = learned.init_model.head.weight.detach().clone()
+    for head, _ in _start_heads(learned, lambda: learned.meta_step(tasks(pool))):
+        assert torch.equal(head, learned_head)
+    # fresh: a new head per meta-training task, the learned body
+    starts = _start_heads(fresh, lambda: fresh.meta_step(tasks(pool)))
+    assert len(starts) == 2 and not torch.equal(starts[0][0], starts[1][0])
+    for head, conv in starts:
+        assert not torch.equal(head, init_head) and torch.equal(conv, init_conv)
+        assert head.abs().max() <= 1 / FILTERS**0.5  # nn.Linear's initialisation range
+    # the initialisation's head is not meta-learned (never used); its body is
+    assert torch.equal(fresh.init_model.head.weight, init_head)
+    assert not torch.equal(fresh.init_model.blocks[0][0].weight, init_conv)
+    # evaluation: one fixed fresh head for every task and every call, restored on resume
+    evals = _start_heads(fresh, lambda: [fresh.evaluate(tasks(pool, ids=(2, 0)))
+                                         for _ in range(2)])
+    assert len(evals) == 4 and all(torch.equal(h, evals[0][0]) for h, _ in evals)
+    assert not torch.equal(evals[0][0], fresh.init_model.head.weight)
+    other = learner(method, task_head="fresh", seed=5)
+    other.load_state_dict(fresh.state_dict())
+    a, b = fresh.evaluate(tasks(pool)), other.evaluate(tasks(pool))
+    assert torch.equal(a.test_loss, b.test_loss)
+
+
+def test_fresh_head_no_baseline_and_refusals():
+    lr = learner("no", task_head="fresh")
+    (head, _), = _start_heads(lr, lambda: lr.evaluate(tasks(tiny_pool(), ids=(1,))))
+    assert not torch.equal(head, lr.init_model.head.weight)
+    with pytest.raises(ValueError, match=r"task_head='fresh' applies to"):
+        learner("warp_leap", task_head="fresh")
+    with pytest.raises(ValueError, match=r"ft_heads='shared' applies to 'ft'"):
+        learner("leap", ft_heads="shared")
+    with pytest.raises(ValueError, match=r"task_head 'new' unknown"):
+        learner("leap", task_head="new")
+
+
+@pytest.mark.parametrize("heads", ["per_alphabet", "shared"])
+def test_ft_heads(heads):
+    pool = tiny_pool()
+    lr = learner("ft", ft_heads=heads)
+    assert len(lr.heads) == (1 if heads == "shared" else 3)
+    before = snapshot(lr.state_dict())
+    lr.meta_step(tasks(pool, ids=(1, 2)))  # alphabet 0 is not in the meta-batch
+    diff = changed(before, lr.state_dict())
+    # a shared head is trained by every alphabet; per-alphabet heads only by their own
+    assert ("heads.0.weight" in diff) == (heads == "shared")
+    if heads == "per_alphabet":
+        assert {"heads.1.weight", "heads.2.weight"} <= diff

@@ -97,17 +97,26 @@ def _tensors(tree, prefix=""):
     return out
 
 
-def test_refuses_overwrite_mismatch_and_bad_flags(data, tmp_path):
+def test_refuses_overwrite_mismatch_and_bad_flags(data, tmp_path, capsys):
     out = tmp_path / "run"
     main(argv(data, out, "no", "--no-test"))
     with pytest.raises(SystemExit, match="pass --resume"):
         main(argv(data, out, "no"))
     with pytest.raises(SystemExit, match=r"other settings.*--meta-model"):
         main(argv(data, out, "leap", "--resume"))
-    with pytest.raises(SystemExit, match=r"--warp-residual applies to warp_leap and warp only"):
-        main(argv(data, tmp_path / "w", "leap", "--warp-residual"))
-    with pytest.raises(SystemExit, match=r"--task-batch-size=0: must be >= 1"):
-        main(argv(data, tmp_path / "x", "no", "--task-batch-size", "0"))
+    for method, flags, message in [
+        ("leap", ["--warp-residual"], "--warp-residual applies to warp_leap and warp only"),
+        ("no", ["--task-batch-size", "0"], "--task-batch-size=0: must be >= 1"),
+        ("warp_leap", ["--task-head", "fresh"],
+         "--task-head applies to leap, reptile, fomaml and no only"),
+        ("leap", ["--ft-heads", "shared"], "--ft-heads applies to ft only"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(argv(data, tmp_path / "w", method, *flags))
+        assert exc.value.code == 2  # a usage error: argparse's code, no traceback
+        err = capsys.readouterr().err
+        assert err.startswith("usage:") and message in err
     with pytest.raises(SystemExit, match=r"--num-pretrain: num_pretrain=4.*\[1, 3\]"):
         main(argv(data, tmp_path / "y", "leap", "--num-pretrain", "4"))
     with pytest.raises(SystemExit, match=r"Omniglot data: no Omniglot data under"):
@@ -137,3 +146,83 @@ def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
     lines = text.splitlines()
     assert len(lines) == 4 and {lines[2].split()[1], lines[3].split()[1]} == {"no", "leap"}
     assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == text
+
+
+# --------------------------------------------------------------------------- the script's manners
+
+
+def test_help_gives_every_flag_a_meaning_and_one_default():
+    from warp_rl.omniglot.train import build_parser
+
+    p = build_parser()
+    text = p.format_help()
+    assert "(default: None)" not in text and "(default: True)" not in text
+    assert "(default: False)" not in text
+    formatter = p._get_formatter()
+    for action in p._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        shown = formatter._get_help_string(action) % {"default": action.default}
+        assert action.help, f"{flag} has no help"
+        assert shown.count("default") == 1, f"{flag}: {shown!r}"
+
+
+def test_default_threads_is_one(data, tmp_path):
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = argv(data, tmp_path / "t", "no", "--no-test")
+        i = args.index("--threads")
+        main(args[:i] + args[i + 2 :])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_progress_estimate_and_closing_line(data, tmp_path, capsys, monkeypatch):
+    from warp_rl.omniglot import train
+
+    monkeypatch.setattr(train, "ESTIMATE_AFTER_S", 0.0)  # every run counts as long here
+    out = tmp_path / "run"
+    args = [a for a in argv(data, out, "leap", "--meta-steps", "3") if a != "--no-progress"]
+    capsys.readouterr()
+    main(args)
+    cap = capsys.readouterr()
+    err = cap.err
+    # the bar names the step-0 validation task by task, then the meta-steps and the test
+    assert "validating (step 0) 1/1" in err and "leap meta-steps" in err and "testing 2/2" in err
+    assert err.index("validating (step 0)") < err.index("leap meta-steps")
+    estimates = [line for line in err.splitlines() if line.startswith("estimate:")]
+    assert len(estimates) == 1 and "2 meta-steps at" in estimates[0]
+    assert "1 validations" in estimates[0]  # step 2 of 3 (--validate-every 2)
+    last = cap.out.strip().splitlines()[-1]
+    assert last.startswith(f"outputs in {out}/: ") and "test.json" in last and "val.csv" in last
+    # without the bar, nothing but the estimate reaches stderr
+    main([*argv(data, tmp_path / "quiet", "leap", "--meta-steps", "3")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("estimate:")
+
+
+def test_warp_filters_with_one_warp_layer_is_reported(data, tmp_path, capsys):
+    capsys.readouterr()
+    quick = ["--meta-steps", "0", "--no-test"]
+    main(argv(data, tmp_path / "w", "warp_leap", *quick))  # --warp-filters 8, one warp layer
+    assert "--warp-filters 8 changes nothing with --warp-layers 1" in capsys.readouterr().err
+    main(argv(data, tmp_path / "w2", "warp_leap", *quick, "--warp-layers", "2"))
+    assert "changes nothing" not in capsys.readouterr().err
+
+
+def test_resume_of_a_checkpoint_older_than_the_paper_options(data, tmp_path):
+    """A checkpoint written before --task-head / --ft-heads existed resumes (as their defaults)
+    and is refused only when they are set to something else."""
+    out = tmp_path / "old"
+    main(argv(data, out, "leap", "--meta-steps", "1", "--no-test"))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("task_head", "ft_heads"):
+        del ckpt["config"][key]
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(SystemExit, match=r"cannot change --task-head on resume"):
+        main(argv(data, out, "leap", "--meta-steps", "2", "--resume", "--task-head", "fresh"))
+    main(argv(data, out, "leap", "--meta-steps", "2", "--resume", "--no-test"))
+    assert [r["step"] for r in read_rows(out / "train.csv")] == ["1", "2"]

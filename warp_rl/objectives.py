@@ -11,6 +11,9 @@ task adapted. Every objective holds ``theta_k`` constant: gradients flow only in
   then the loss ``L(theta', phi; batch2)``. Its gradient w.r.t. ``phi`` is second order (it
   goes through ``grad_theta L``); w.r.t. ``alpha``/``mu`` it is the meta-gradient of learned
   step sizes / momentum (Meta-SGD-style, one per parameter tensor, i.e. per layer).
+  With ``detach_inner=True`` the inner gradient is a constant (no second-order term): the
+  gradient w.r.t. ``phi`` is then first order, taken at the stepped point on ``batch2``; this
+  is what the original WarpGrad code computes (its inner gradient reaches the step detached).
 * :func:`first_order_loss`: ``L(theta_k, phi; batch)``, no inner step (the paper's cheap
   variant; gives no gradient to ``alpha``/``mu``).
 * :func:`adam_step`: one differentiable ``torch.optim.Adam`` step from a stored optimiser
@@ -127,6 +130,7 @@ def algorithm2_loss(
     momenta: Mapping[str, torch.Tensor | float] | None = None,
     momentum_buffers: Mapping[str, torch.Tensor] | None = None,
     functional: bool = True,
+    detach_inner: bool = False,
 ) -> torch.Tensor:
     """WarpGrad's Algorithm 2 loss at one replayed state ``theta`` (held constant).
 
@@ -143,6 +147,7 @@ def algorithm2_loss(
         functional: take the inner gradient with ``torch.func.grad`` (composes with ``vmap``
             and ``torch.func.grad`` outside) or with ``torch.autograd.grad(create_graph=True)``
             (for a plain-autograd outer gradient; about a quarter less memory).
+        detach_inner: treat the inner gradient as a constant (the original code's objective).
 
     Returns:
         Scalar ``L(theta_k - alpha * (mu * m_k + grad L(theta_k; batch1)); batch2)``.
@@ -163,6 +168,8 @@ def algorithm2_loss(
         g = {k: torch.zeros_like(v) if gk is None else gk
              for (k, v), gk in zip(th.items(), gs, strict=True)}
         theta = {k: v.detach() for k, v in th.items()}
+    if detach_inner:
+        g = {k: v.detach() for k, v in g.items()}
     stepped = sgd_step(theta, g, step_sizes, momenta, momentum_buffers)
     return loss_fn({**stepped, **phi, **_cloned(buffers)}, *batch2)
 

@@ -19,7 +19,8 @@ from warp_rl.buffer import State, TaskRecord
 if TYPE_CHECKING:
     from warp_rl.warp import Warp
 
-WarpObjective = Literal["algorithm2", "first_order"]
+WarpObjective = Literal["algorithm2", "algorithm2_detached", "first_order"]
+WARP_OBJECTIVES: tuple[str, ...] = ("algorithm2", "algorithm2_detached", "first_order")
 InitObjective = Literal["leap"]
 Batching = Literal["auto", "vmap", "loop"]
 
@@ -48,7 +49,9 @@ class DualUpdater:
         criterion: task loss ``criterion(output, y) -> scalar``; an ``nn.Module`` class (as in
             the original README, ``CrossEntropyLoss``) is instantiated with no arguments.
         warp_objective: ``"algorithm2"`` (one differentiable inner step on a first batch, loss
-            on a second batch), ``"first_order"`` (loss at the replayed state), or ``None``.
+            on a second batch), ``"algorithm2_detached"`` (the same with the inner gradient
+            detached, as the original code computes it: first order, at the stepped point),
+            ``"first_order"`` (loss at the replayed state, no inner step), or ``None``.
         init_objective: ``"leap"`` (simplified Leap, meta-learns the initialisation the
             adaptable parameters are reset to) or ``None``.
         meta_batch_size: replayed states per meta-gradient, i.e. per ``step_fn`` call; ``1``
@@ -80,9 +83,9 @@ class DualUpdater:
             criterion = criterion()
         if not callable(criterion):
             raise TypeError(f"criterion must be callable, got {type(criterion).__name__}")
-        if warp_objective not in ("algorithm2", "first_order", None):
+        if warp_objective is not None and warp_objective not in WARP_OBJECTIVES:
             raise ValueError(
-                f"warp_objective must be 'algorithm2', 'first_order' or None, "
+                f"warp_objective must be one of {list(WARP_OBJECTIVES)} or None, "
                 f"got {warp_objective!r}"
             )
         if init_objective not in ("leap", None):
@@ -120,6 +123,7 @@ class DualUpdater:
         loss_fn = objectives.make_loss_fn(warp.model, self.criterion)
         names = warp.partition.adapt_names
         use_momentum = warp.tracks_momentum
+        detach_inner = self.warp_objective == "algorithm2_detached"
 
         def algorithm2(
             meta: dict[str, Any], state: dict[str, Any], data: tuple, functional: bool
@@ -132,6 +136,7 @@ class DualUpdater:
                 buffers=state["buffers"], momenta=mu,
                 momentum_buffers=state["momentum_buffers"] if use_momentum else None,
                 functional=functional,
+                detach_inner=detach_inner,
             )
 
         def first_order(
@@ -142,7 +147,7 @@ class DualUpdater:
                 loss_fn, state["params"], meta["warp"], (x, y), buffers=state["buffers"]
             )
 
-        return algorithm2 if self.warp_objective == "algorithm2" else first_order
+        return first_order if self.warp_objective == "first_order" else algorithm2
 
     # -- the meta-update ------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class DualUpdater:
         meta = warp._meta_tree()
         state_loss = self.state_loss(warp)
         # draw each task's batches with one call: 2 per state (Algorithm 2) or 1 (first order)
-        per_state = 2 if self.warp_objective == "algorithm2" else 1
+        per_state = 1 if self.warp_objective == "first_order" else 2
         counts: dict[int, int] = {}
         for rec, _ in chunk:
             counts[id(rec)] = counts.get(id(rec), 0) + 1

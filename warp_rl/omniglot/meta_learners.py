@@ -56,6 +56,15 @@ from .tasks import TaskBatch
 
 METHODS = ("warp_leap", "warp", "leap", "reptile", "fomaml", "maml", "ft", "no")
 
+#: Where a task's classifier head starts (``--task-head``): ``learned``, the meta-learned
+#: initialisation's head (default), or ``fresh``, a newly initialised head for every task, as
+#: the original code does for these baselines (its ``warp_leap`` starts from its learned head).
+TASK_HEADS = ("learned", "fresh")
+FRESH_HEAD_METHODS = ("leap", "reptile", "fomaml", "no")
+#: ``ft``'s pretraining heads (``--ft-heads``): one per pretraining alphabet (default) or one
+#: head shared by all alphabets, which is what the original code's ``[linear] * N`` builds.
+FT_HEADS = ("per_alphabet", "shared")
+
 
 # --------------------------------------------------------------------------- optimisers
 
@@ -132,6 +141,19 @@ def _synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work (for honest timings)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
+    """Re-initialise ``layer`` in place as ``nn.Linear`` does, drawing from ``generator`` (CPU):
+    weight Kaiming-uniform with ``a = sqrt(5)``, bias uniform in ``+-1 / sqrt(fan_in)``."""
+    w = torch.empty(layer.weight.shape, dtype=layer.weight.dtype)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+    bound = 1.0 / math.sqrt(w.shape[1])
+    b = torch.empty(layer.bias.shape, dtype=layer.bias.dtype)
+    b.uniform_(-bound, bound, generator=generator)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -239,6 +261,12 @@ class MetaLearner:
     def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
         """Reset, adapt to one task, evaluate on its held-out drawings."""
         self.init_task()
+        return self.adapt_from_here(task, after_step)
+
+    def adapt_from_here(
+        self, task: TaskBatch, after_step: Callable[[], None] | None = None
+    ) -> TaskResults:
+        """Adapt to one task from the model as it is (after :meth:`init_task`), evaluate."""
         opt = self.inner.make(self.adapt_parameters())
         return adapt_task(self.model, opt, task, after_step=after_step)
 
@@ -265,21 +293,58 @@ class MetaLearner:
 
 class InitLearner(MetaLearner):
     """A learner whose meta-learned object is the initialisation, kept in ``self.init_model``
-    (a copy of the model) with the outer optimiser over its parameters."""
+    (a copy of the model) with the outer optimiser over its parameters.
 
-    def __init__(self, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int = 0):
+    Args:
+        task_head: one of :data:`TASK_HEADS`. With ``fresh``, every meta-training task starts
+            with a newly drawn classifier head (from the learner's generator) and every
+            evaluation task with one fixed fresh head (drawn once, like ``ft``'s); the
+            initialisation's own head is then never used and not meta-learned.
+    """
+
+    def __init__(
+        self,
+        model: OmniConv,
+        inner: OptimConfig,
+        outer: OptimConfig,
+        seed: int = 0,
+        task_head: str = "learned",
+    ):
+        if task_head not in TASK_HEADS:
+            raise ValueError(f"task_head {task_head!r} unknown; choose from {list(TASK_HEADS)}")
         super().__init__(model, inner, outer, seed)
         self.init_model = copy.deepcopy(model)
         self.init_model.reset_batch_norm()
         self.outer_opt = outer.make(self.init_model.parameters())
+        self.task_head = task_head
+        self._evaluating = False
+        self.eval_head_seed: int | None = None
+        if task_head == "fresh":
+            self.eval_head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
 
     def init_task(self) -> None:
         self.model.load_state_dict(self.init_model.state_dict())
         self.model.reset_batch_norm()
+        if self.task_head == "fresh":
+            g = self.generator
+            if self._evaluating:
+                g = torch.Generator().manual_seed(self.eval_head_seed)
+            reset_linear(self.model.head, g)
+
+    def evaluate(self, tasks: TaskBatch) -> TaskResults:
+        self._evaluating = True
+        try:
+            return super().evaluate(tasks)
+        finally:
+            self._evaluating = False
 
     def _outer_step(self, grads: dict[str, torch.Tensor]) -> None:
-        """Set the initialisation's gradient to ``grads`` (by name) and take an outer step."""
+        """Set the initialisation's gradient to ``grads`` (by name) and take an outer step
+        (the head is left alone when every task starts with a fresh one)."""
         for name, p in self.init_model.named_parameters():
+            if self.task_head == "fresh" and name.startswith("head."):
+                p.grad = None
+                continue
             p.grad = grads[name].to(p.dtype).clone()
         self._sync_grads(self.init_model.parameters())
         self.outer_opt.step()
@@ -289,16 +354,21 @@ class InitLearner(MetaLearner):
         return {n: p.detach().clone() for n, p in self.model.named_parameters()}
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             **super().state_dict(),
             "init_model": self.init_model.state_dict(),
             "outer_opt": self.outer_opt.state_dict(),
         }
+        if self.eval_head_seed is not None:
+            state["eval_head_seed"] = self.eval_head_seed
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.init_model.load_state_dict(state["init_model"])
         self.outer_opt.load_state_dict(state["outer_opt"])
+        if "eval_head_seed" in state:
+            self.eval_head_seed = int(state["eval_head_seed"])
 
 
 # --------------------------------------------------------------------------- baselines
@@ -373,7 +443,7 @@ class Leap(InitLearner):
                     path[n].add_(d, alpha=1.0 / norm)
                 prev[0] = cur
 
-            results.append(self.adapt(tasks.task(i), after_step=record))
+            results.append(self.adapt_from_here(tasks.task(i), after_step=record))
             sums.append(path)
             displacements.append({n: first[n] - prev[0][n] for n in first})
         self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
@@ -458,6 +528,8 @@ class MultiHeadFinetuning(MetaLearner):
 
     Args:
         num_heads: meta-training alphabets (heads are indexed by pool task id).
+        heads: one of :data:`FT_HEADS`; ``shared`` pretrains a single head on every alphabet
+            (the original code's ``[linear] * N``).
     """
 
     name = "ft"
@@ -469,13 +541,18 @@ class MultiHeadFinetuning(MetaLearner):
         outer: OptimConfig,
         seed: int = 0,
         num_heads: int = 1,
+        heads: str = "per_alphabet",
     ) -> None:
         if model.warp_config is not None:
             raise ValueError("ft finetunes the plain classifier; build it without warp layers")
+        if heads not in FT_HEADS:
+            raise ValueError(f"ft heads {heads!r} unknown; choose from {list(FT_HEADS)}")
         super().__init__(model, inner, outer, seed)
+        self.shared_head = heads == "shared"
         self.backbone = copy.deepcopy(model)
         self.heads = nn.ModuleList(
-            nn.Linear(model.num_filters, model.num_classes) for _ in range(num_heads)
+            nn.Linear(model.num_filters, model.num_classes)
+            for _ in range(1 if self.shared_head else num_heads)
         ).to(self.device)
         self.pretrain_opt = inner.make([*self.backbone.parameters(), *self.heads.parameters()])
         self.head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
@@ -484,15 +561,11 @@ class MultiHeadFinetuning(MetaLearner):
         self.model.load_state_dict(self.backbone.state_dict())
         self.model.reset_batch_norm()
         # a fresh head, the same for every evaluation task (nn.Linear's own initialisation)
-        g = torch.Generator().manual_seed(self.head_seed)
-        w = torch.empty_like(self.model.head.weight, device="cpu")
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
-        bound = 1.0 / math.sqrt(w.shape[1])
-        b = torch.empty_like(self.model.head.bias, device="cpu")
-        b.uniform_(-bound, bound, generator=g)
-        with torch.no_grad():
-            self.model.head.weight.copy_(w)
-            self.model.head.bias.copy_(b)
+        reset_linear(self.model.head, torch.Generator().manual_seed(self.head_seed))
+
+    def head_of(self, task_id: int) -> nn.Linear:
+        """The pretraining head of pool task ``task_id`` (the one head when shared)."""
+        return self.heads[0 if self.shared_head else task_id]
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         T, K = tasks.num_tasks, tasks.steps
@@ -509,7 +582,7 @@ class MultiHeadFinetuning(MetaLearner):
             k = next_step[i]
             next_step[i] += 1
             x, y = tasks.train_batch_of(i, k)
-            head = self.heads[int(tasks.task_ids[i])]
+            head = self.head_of(int(tasks.task_ids[i]))
             logits = head(self.backbone.features(x))
             loss = F.cross_entropy(logits, y)
             self.pretrain_opt.zero_grad(set_to_none=True)
@@ -522,7 +595,7 @@ class MultiHeadFinetuning(MetaLearner):
         with torch.no_grad():
             xt, yt = tasks.test_set()
             for i in range(T):
-                logits = self.heads[int(tasks.task_ids[i])](self.backbone.features(xt[i]))
+                logits = self.head_of(int(tasks.task_ids[i]))(self.backbone.features(xt[i]))
                 test_loss[i] = F.cross_entropy(logits, yt[i]).cpu()
                 test_acc[i] = _accuracy(logits, yt[i]).cpu()
         self.backbone.train()
@@ -561,7 +634,8 @@ class WarpLearner(MetaLearner):
     Args:
         learn_init: meta-learn the initialisation with Leap (``warp_leap``) or keep the
             initial random one (``warp``).
-        objective: ``"algorithm2"`` or ``"first_order"``.
+        objective: one of :data:`warp_rl.updaters.WARP_OBJECTIVES`: ``"algorithm2"``,
+            ``"algorithm2_detached"`` (the original code's) or ``"first_order"``.
         meta_batch_size: replayed states per outer step (1 as in the original code).
         max_states: states kept per task (reservoir sampling beyond; None keeps all).
         batching: ``"loop"``, ``"vmap"`` or ``"auto"`` evaluation of a meta-batch of states.
@@ -676,32 +750,37 @@ def make_learner(
     num_filters: int = 64,
     warp: WarpConfig | None = None,
     maml_unroll: int | None = None,
+    task_head: str = "learned",
+    ft_heads: str = "per_alphabet",
     **warp_kwargs,
 ) -> MetaLearner:
     """Build the model (seeded with ``seed``) and the learner ``method`` (one of :data:`METHODS`).
 
     ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`)
     and ``warp_kwargs`` go to :class:`WarpLearner`; other methods use the plain classifier and
-    refuse both.
+    refuse both. ``task_head`` (:data:`TASK_HEADS`) applies to :data:`FRESH_HEAD_METHODS`,
+    ``ft_heads`` (:data:`FT_HEADS`) to ``ft``.
     """
     if method not in METHODS:
         raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
+    if task_head != "learned" and method not in FRESH_HEAD_METHODS:
+        raise ValueError(f"task_head={task_head!r} applies to {list(FRESH_HEAD_METHODS)}, "
+                         f"not {method!r}")
+    if ft_heads != "per_alphabet" and method != "ft":
+        raise ValueError(f"ft_heads={ft_heads!r} applies to 'ft', not {method!r}")
     torch.manual_seed(seed)
     warped = method.startswith("warp")
     if (warp is not None or warp_kwargs) and not warped:
         raise ValueError(f"warp-layer options apply to warp_leap and warp, not {method!r}")
     model = OmniConv(num_filters=num_filters, warp=(warp or WarpConfig()) if warped else None)
     model = model.to(device)
-    if method == "no":
-        return NoMetaLearning(model, inner, outer, seed)
-    if method == "reptile":
-        return Reptile(model, inner, outer, seed)
-    if method == "fomaml":
-        return FOMAML(model, inner, outer, seed)
-    if method == "leap":
-        return Leap(model, inner, outer, seed)
+    init_learners: dict[str, type[InitLearner]] = {
+        "no": NoMetaLearning, "reptile": Reptile, "fomaml": FOMAML, "leap": Leap}
+    if method in init_learners:
+        return init_learners[method](model, inner, outer, seed, task_head=task_head)
     if method == "maml":
         return MAML(model, inner, outer, seed, unroll=maml_unroll)
     if method == "ft":
-        return MultiHeadFinetuning(model, inner, outer, seed, num_heads=num_pretrain)
+        return MultiHeadFinetuning(model, inner, outer, seed, num_heads=num_pretrain,
+                                   heads=ft_heads)
     return WarpLearner(model, inner, outer, seed, learn_init=method == "warp_leap", **warp_kwargs)

@@ -37,10 +37,20 @@ import torch
 from tqdm.auto import tqdm
 
 from warp_rl import distributed, runs
+from warp_rl.updaters import WARP_OBJECTIVES
 
 from .data import OmniglotDataError, default_data_root, load_omniglot
 from .distributed import DataParallelLearner
-from .meta_learners import METHODS, MetaLearner, OptimConfig, TaskResults, make_learner
+from .meta_learners import (
+    FRESH_HEAD_METHODS,
+    FT_HEADS,
+    METHODS,
+    TASK_HEADS,
+    MetaLearner,
+    OptimConfig,
+    TaskResults,
+    make_learner,
+)
 from .models import ACTIVATIONS, WarpConfig
 from .oneshot import identify_alphabets, read_runs, runs_pool
 from .tasks import TaskPool, TaskSampler, split_alphabets
@@ -57,36 +67,80 @@ RESUMABLE = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default once: appended as ``(default: X)`` (``off`` for a switch) unless
+    the help text already says it or the default is None (such helps say what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is None:
+            return text
+        if action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+#: the measured default of --threads (docs/omniglot.md, "Threads"): on the 2-core machine a tiny
+#: run took 43 s with one thread and 5 min 57 s with torch's default.
+DEFAULT_THREADS = 1
+WARP_FILTERS_DEFAULT = WarpConfig().filters
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags, named after the paper's settings (defaults: the paper's)."""
     p = argparse.ArgumentParser(
         description="Meta-train a few-shot learner on Omniglot (WarpGrad/Leap protocol) and "
         "test it on 10 held-out alphabets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("protocol")
-    g.add_argument("--meta-model", default="warp_leap", choices=METHODS)
+    g.add_argument("--meta-model", default="warp_leap", choices=METHODS,
+                   help="what is meta-learned (docs/omniglot.md has a table)")
     g.add_argument("--num-pretrain", type=int, default=25, help="meta-training alphabets")
     g.add_argument("--meta-steps", type=int, default=1000, help="meta-training steps")
     g.add_argument("--task-steps", type=int, default=100, help="adaptation steps per task")
     g.add_argument("--task-batch-size", type=int, default=20, help="images per adaptation step")
     g.add_argument("--meta-batch-size", type=int, default=20, help="tasks per meta-step")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="fixes the alphabet split, the tasks, the model and every random draw")
     g = p.add_argument_group("optimisers")
-    g.add_argument("--inner-opt", default="sgd", choices=["sgd", "adam"])
-    g.add_argument("--inner-lr", type=float, default=0.1)
-    g.add_argument("--inner-momentum", type=float, default=0.0)
-    g.add_argument("--outer-opt", default="sgd", choices=["sgd", "adam"])
-    g.add_argument("--outer-lr", type=float, default=0.1)
+    g.add_argument("--inner-opt", default="sgd", choices=["sgd", "adam"],
+                   help="adaptation (inner) optimiser")
+    g.add_argument("--inner-lr", type=float, default=0.1,
+                   help="learning rate of the adaptation (inner) optimiser")
+    g.add_argument("--inner-momentum", type=float, default=0.0,
+                   help="momentum of the inner SGD, in [0, 1)")
+    g.add_argument("--outer-opt", default="sgd", choices=["sgd", "adam"],
+                   help="meta (outer) optimiser")
+    g.add_argument("--outer-lr", type=float, default=0.1,
+                   help="learning rate of the meta (outer) optimiser")
+    g = p.add_argument_group("the original code's choices (docs/omniglot.md, \"Reproducing "
+                             "the paper\")")
+    g.add_argument("--task-head", default="learned", choices=TASK_HEADS,
+                   help="leap, reptile, fomaml, no: a task's classifier head starts from the "
+                   "learned initialisation, or fresh: newly initialised for every task, as in "
+                   "the original code")
+    g.add_argument("--ft-heads", default="per_alphabet", choices=FT_HEADS,
+                   help="ft: one pretraining head per alphabet, or shared: one head for all "
+                   "alphabets, which is what the original code's [linear] * N builds")
     g = p.add_argument_group("model and warp layers (warp_leap, warp)")
     g.add_argument("--num-filters", type=int, default=64, help="channels of the conv blocks")
     g.add_argument("--warp-layers", type=int, default=1, help="warp layers per block")
-    g.add_argument("--warp-filters", type=int, default=64, help="channels of inner warp layers")
+    g.add_argument("--warp-filters", type=int, default=WARP_FILTERS_DEFAULT,
+                   help="channels of the inner warp layers of a block; the last warp layer has "
+                   "--num-filters channels, so this changes nothing with --warp-layers 1")
     g.add_argument("--warp-residual", action="store_true", help="residual warp layers")
     g.add_argument("--warp-batch-norm", action="store_true", help="batch norm in warp layers")
-    g.add_argument("--warp-act", default="none", choices=sorted(ACTIVATIONS))
+    g.add_argument("--warp-act", default="none", choices=sorted(ACTIVATIONS),
+                   help="activation inside each warp layer (none: linear warp layers)")
     g.add_argument("--warp-final-head", action="store_true", help="warp the classifier head")
-    g.add_argument("--warp-objective", default="algorithm2", choices=["algorithm2", "first_order"])
+    g.add_argument("--warp-objective", default="algorithm2", choices=WARP_OBJECTIVES,
+                   help="the warp layers' meta-objective: Algorithm 2 with its second-order "
+                   "term; algorithm2_detached, the same with the inner gradient detached (what "
+                   "the original code computed); or first_order, the loss at the replayed "
+                   "state (no inner step)")
     g.add_argument(
         "--warp-meta-batch-size", type=int, default=1,
         help="replayed states per outer step (1: one step per state, as the paper's code)",
@@ -113,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="fetch the official archives "
                    "into --data-root if no data is there (verified by checksum)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch CPU threads (1 was measured fastest for these small convolutions "
+                   "on a 2-core machine, see docs/omniglot.md)")
     g.add_argument("--out", default=None, help="output folder (default runs/omniglot/"
                    "<meta-model>-seed<seed>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -125,16 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "alphabets in turn)")
     g.add_argument("--checkpoint-every", type=int, default=1, help="meta-steps between "
                    "checkpoints")
-    g.add_argument("--no-test", dest="test", action="store_false", help="skip the final test")
+    g.add_argument("--no-test", dest="test", action="store_false",
+                   help="skip the final test (default: run it)")
     g.add_argument("--one-shot", action="store_true", help="also run the 20 official one-shot "
                    "runs (all_runs.zip)")
     g.add_argument("--one-shot-path", default=None, help="all_runs.zip or its folder (default: "
                    "<data-root>/all_runs.zip)")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on stderr from the start)")
     g.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
                    help="under torchrun: seconds a rank waits for the others in a collective "
                    "before failing with an error")
     return p
+
+
+WARP_FLAGS = ["warp_layers", "warp_filters", "warp_residual", "warp_batch_norm", "warp_act",
+              "warp_final_head", "warp_objective", "warp_meta_batch_size", "warp_max_states",
+              "warp_batching", "learn_step_size"]
+#: flags that apply to some meta-models only (refused with the others unless at the default)
+FLAG_METHODS: dict[str, tuple[str, ...]] = {
+    **{name: ("warp_leap", "warp") for name in WARP_FLAGS},
+    "maml_unroll": ("maml",),
+    "task_head": FRESH_HEAD_METHODS,
+    "ft_heads": ("ft",),
+}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -158,15 +228,11 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.inner_momentum < 1:
         raise SystemExit(f"--inner-momentum={args.inner_momentum}: must be in [0, 1)")
     defaults = build_parser().parse_args([])
-    warp_flags = ["warp_layers", "warp_filters", "warp_residual", "warp_batch_norm", "warp_act",
-                  "warp_final_head", "warp_objective", "warp_meta_batch_size",
-                  "warp_max_states", "warp_batching", "learn_step_size"]
-    only = {n: "warp_leap and warp" for n in warp_flags} | {"maml_unroll": "maml"}
-    for name, methods in only.items():
-        if getattr(args, name) != getattr(defaults, name) and (
-            args.meta_model not in methods.split(" and ")
-        ):
-            raise SystemExit(f"--{name.replace('_', '-')} applies to {methods} only, not to "
+    for name, methods in FLAG_METHODS.items():
+        if getattr(args, name) != getattr(defaults, name) and args.meta_model not in methods:
+            listed = " and ".join([", ".join(methods[:-1]), methods[-1]] if len(methods) > 1
+                                  else methods)
+            raise SystemExit(f"--{name.replace('_', '-')} applies to {listed} only, not to "
                              f"--meta-model {args.meta_model}")
     if args.task_batch_size > 300:
         raise SystemExit(f"--task-batch-size={args.task_batch_size}: a task has 300 "
@@ -238,7 +304,92 @@ def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner
                            learn_step_size=args.learn_step_size)
     return make_learner(args.meta_model, inner, outer, seed=args.seed, device=device,
                         num_pretrain=args.num_pretrain, num_filters=args.num_filters,
-                        warp=_warp_config(args), maml_unroll=args.maml_unroll, **warp_kwargs)
+                        warp=_warp_config(args), maml_unroll=args.maml_unroll,
+                        task_head=args.task_head, ft_heads=args.ft_heads, **warp_kwargs)
+
+
+#: a run whose rest is estimated (after its first meta-step) to take longer than this many
+#: seconds prints a one-line estimate of its duration
+ESTIMATE_AFTER_S = 120.0
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"`` or ``"3 h 05 min"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class Progress:
+    """The run's one progress bar (stderr, rank 0 only), shown from the start: its description
+    names the phase (loading, validating task i of n, meta-steps, testing) and it counts
+    meta-steps."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="loading Omniglot", unit="step", disable=not enabled,
+                        dynamic_ncols=True)
+
+    def phase(self, text: str) -> None:
+        self.bar.set_description_str(text)
+
+    def restart(self, start: int, total: int) -> None:
+        """Count from meta-step ``start`` of ``total`` (after ``--resume``)."""
+        self.bar.reset(total=total)
+        self.bar.initial = self.bar.n = start
+        self.bar.refresh()
+
+    def step(self, **postfix: str) -> None:
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        """A line above the bar (on stderr, also with the bar off)."""
+        tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def evaluate_with_progress(
+    learner: MetaLearner, tasks, progress: Progress, label: str, world: int
+) -> TaskResults:
+    """``learner.evaluate(tasks)``, one task at a time in a single process so that the bar
+    names the task being adapted (the same results: every task adapts independently from the
+    learner's state, which evaluation does not change); under torchrun all at once."""
+    n = tasks.num_tasks
+    if world > 1:
+        progress.phase(f"{label} ({n} tasks)")
+        return learner.evaluate(tasks)
+    parts = []
+    for i in range(n):
+        progress.phase(f"{label} {i + 1}/{n}")
+        parts.append(learner.evaluate(tasks.task(i)))
+    return TaskResults.cat(parts)
+
+
+def estimate(
+    args: argparse.Namespace, step: int, steps: int, step_s: float, eval_task_s: float,
+    val_count: int,
+) -> tuple[float, str]:
+    """Seconds the rest of a run will take, and a line that says so, from its first meta-step
+    (``step_s`` seconds, at ``step`` of ``steps``), the seconds one evaluation task takes
+    (``eval_task_s``) and the number of validation tasks (``val_count``)."""
+    left = steps - step
+    n_val = sum(1 for s in range(step + 1, steps + 1)
+                if args.validate_every and s % args.validate_every == 0)
+    val_s = eval_task_s * val_count
+    test_s = eval_task_s * ((args.eval_tasks if args.test else 0) + (20 if args.one_shot else 0))
+    total = left * step_s + n_val * val_s + test_s
+    return total, (f"estimate: about {format_duration(total)} to go ({left} meta-steps at "
+            f"{step_s:.1f} s, {n_val} validations at {format_duration(val_s)}, final test "
+            f"{format_duration(test_s)}); finishing around "
+            f"{time.strftime('%H:%M %Z', time.localtime(time.time() + total))}")
+
+
+def run_folder(args: argparse.Namespace) -> Path:
+    """``--out``, by default ``runs/omniglot/<meta-model>-seed<seed>``."""
+    return Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
 
 
 def data_fingerprint(data) -> str:
@@ -290,7 +441,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.out is not None and not str(args.out).strip():
         raise SystemExit("--out is empty; expected a folder for the run's files (it is created "
                          "if needed); pass a path such as --out runs/omniglot/my-run")
-    out = Path(args.out or f"runs/omniglot/{args.meta_model}-seed{args.seed}")
+    out = run_folder(args)
     lock = None
     if distributed.is_main():
         try:
@@ -315,6 +466,9 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         raise SystemExit(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if main_rank and args.warp_layers == 1 and args.warp_filters != WARP_FILTERS_DEFAULT:
+        print(f"note: --warp-filters {args.warp_filters} changes nothing with --warp-layers 1 "
+              "(the only warp layer of a block has --num-filters channels)", file=sys.stderr)
     ckpt_path = out / "checkpoint.pt"
 
     def check_out() -> None:
@@ -328,6 +482,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
                              "without --resume")
 
     distributed.run_on_rank0(check_out)
+    progress = Progress(args.meta_steps, args.progress and main_rank)
     try:
         with distributed.rank0_first("loading Omniglot"):  # rank 0 fills the cache
             data = load_omniglot(args.data_root, args.cache_dir, download=args.download)
@@ -370,7 +525,9 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
                              f"process(es); resume it on {saved_world}, not {world}")
         start = int(ckpt["step"])
         try:
-            runs.check_resume(ckpt["config"], config, RESUMABLE, length_key="meta_steps",
+            # a setting newer than the checkpoint counts as what the run had: its default
+            saved = {**vars(build_parser().parse_args([])), **ckpt["config"]}
+            runs.check_resume(saved, config, RESUMABLE, length_key="meta_steps",
                               done=start if learner.trains else None,
                               where=f"the run in {out}", flag_of=_flag)
         except runs.RunError as e:
@@ -404,8 +561,13 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
 
     val_tasks = eval_batch(val_pool, args.val_tasks or len(val_pool), args, "val")
 
+    val_times: list[float] = []  # seconds per validation task
+
     def validate(step: int) -> dict:
-        res = learner.evaluate(val_tasks)
+        t0 = time.perf_counter()
+        res = evaluate_with_progress(learner, val_tasks, progress, f"validating (step {step})",
+                                     world)
+        val_times.append((time.perf_counter() - t0) / val_tasks.num_tasks)
         loss = res.test_loss.mean().item()
         if not math.isfinite(loss):
             raise runs.NonFiniteError(
@@ -413,6 +575,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
                 f"to a task diverges. Training stopped; {kept()}")
         row = _row(step, res)
         val_log.append(row)
+        progress.phase(f"{args.meta_model} meta-steps")
         return row
 
     saved_step = start if args.resume else None
@@ -439,14 +602,13 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         saved_step = step
 
     steps = args.meta_steps if learner.trains else 0
+    progress.restart(start, steps)
     if not args.resume:  # a resumed run's step-0 validation is already in val.csv
         if args.validate_every and learner.trains:
-            validate(0)
+            last_val = validate(0)["test_acc"]
         save(0)  # a folder with logs always has a checkpoint to resume
-    bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps,
-               disable=not (args.progress and main_rank), desc=f"{args.meta_model} meta-steps",
-               unit="step")
-    for step in bar:
+    progress.phase(f"{args.meta_model} meta-steps")
+    for step in range(start + 1, steps + 1):
         t0 = time.perf_counter()
         ids = sampler(args.meta_batch_size, generator)
         tasks = train_pool.sample(ids, args.task_steps, args.task_batch_size, generator)
@@ -458,7 +620,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         if info is not None:
             losses["meta_loss"] = float(info.meta_loss)
         if not all(math.isfinite(v) for v in losses.values()):
-            bar.close()
+            progress.close()
             raise runs.NonFiniteError(
                 f"non-finite loss at meta-step {step} ("
                 + ", ".join(f"{k}={v}" for k, v in losses.items())
@@ -469,9 +631,13 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
             last_val = validate(step)["test_acc"]
         if step % args.checkpoint_every == 0 or step == steps:
             save(step)
-        bar.set_postfix(train_acc=f"{res.test_acc.mean().item():.3f}", val_acc=last_val,
-                        s_per_step=f"{seconds:.1f}")
-    bar.close()
+        progress.step(train_acc=f"{res.test_acc.mean().item():.3f}", val_acc=last_val,
+                      s_per_step=f"{seconds:.1f}")
+        if step == start + 1 and step < steps and main_rank:
+            task_s = val_times[0] if val_times else seconds / args.meta_batch_size
+            total, line = estimate(args, step, steps, seconds, task_s, val_tasks.num_tasks)
+            if total > ESTIMATE_AFTER_S:
+                progress.write(line)
     if saved_step != steps:
         save(steps)
 
@@ -479,7 +645,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
                      "meta_steps": steps, "num_pretrain": args.num_pretrain}
     if args.test:
         test_tasks = eval_batch(test_pool, args.eval_tasks, args, "test")
-        res = learner.evaluate(test_tasks)
+        res = evaluate_with_progress(learner, test_tasks, progress, "testing", world)
         summary.update(res.summary())
         summary["test_alphabets"] = list(split.test)
         task_rows = []
@@ -500,7 +666,9 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
             runs.write_csv(out / "test_curve.csv", ["step", "train_acc", "train_loss"],
                            curve_rows)
     if args.one_shot:
+        progress.phase("one-shot runs")
         summary["one_shot"] = one_shot(learner, args, data, split, device)
+    progress.close()
     if not main_rank:
         return summary
     runs.write_json(out / "test.json", summary)  # strict JSON: a non-finite number is null
@@ -541,7 +709,12 @@ def one_shot(learner: MetaLearner, args, data, split, device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point: parse ``argv``, run, print the summary (rank 0 under torchrun)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+    except SystemExit as e:  # bad flag values: argparse's usage line, the message, exit code 2
+        parser.error(str(e.code))
     joined = distributed.is_distributed()  # a caller's process group is left to the caller
     try:
         distributed.init_from_env(args.dist_timeout)  # no-op without torchrun
@@ -571,4 +744,7 @@ def main(argv: list[str] | None = None) -> dict:
         o = summary["one_shot"]
         print(runs.dumps_strict({"one_shot_acc": o["acc"], "unseen_runs": o["num_unseen_runs"],
                                  "one_shot_acc_unseen": o["acc_unseen_alphabets"]}, indent=None))
+    out = run_folder(args)
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    print(f"outputs in {out}/: {', '.join(files)}")
     return summary
