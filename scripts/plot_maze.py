@@ -57,7 +57,8 @@ COLOURS = {
     "warp": "tab:red", "rnn": "tab:blue", "lstm": "tab:green", "backpropamine": "tab:purple",
     "sb3-recurrent_ppo": "tab:orange", "sb3-a2c": "tab:brown",
 }
-OTHER_COLOURS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold")
+OTHER_COLOURS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "navy",
+                 "lime", "maroon", "teal", "darkorange", "magenta", "slateblue", "peru")
 
 
 @dataclass
