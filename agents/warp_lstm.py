@@ -31,8 +31,8 @@ import math
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, State
-from agents.warp_rnn import FAST_INITS, GATE_FNS
+from agents.base import State
+from agents.warp_rnn import FAST_INITS, GATE_FNS, WarpGatedAgent
 
 
 class GatedLSTMCell(nn.Module):
@@ -75,7 +75,7 @@ class GatedLSTMCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
-class WarpLSTMAgent(RecurrentAgent):
+class WarpLSTMAgent(WarpGatedAgent):
     """A gated fast LSTM cell under a slow gating LSTM (module docstring).
 
     Args:
@@ -110,30 +110,9 @@ class WarpLSTMAgent(RecurrentAgent):
         if gates == "identity":
             nn.init.zeros_(self.gate_proj.weight)
 
-    def warp_modules(self) -> list[nn.Module]:
-        """The gating LSTM and its projection: the slow, meta-learned weights."""
-        return [self.gate_lstm, self.gate_proj]
-
-    def adapt_modules(self) -> list[nn.Module]:
-        """The fast LSTM cell and the policy and value heads."""
-        return [self.cell, self.policy, self.value]
-
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros ``(h, c, lstm_h, lstm_c)``, each ``(batch_size, hidden_size)``."""
-        weight = self.policy.weight
-        zeros = torch.zeros(4, batch_size, self.hidden_size, dtype=weight.dtype,
-                            device=weight.device if device is None else device)
-        return tuple(zeros.unbind(0))
-
-    def gates(self, obs: torch.Tensor, h: torch.Tensor,
-              lstm_state: tuple[torch.Tensor, torch.Tensor]
-              ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
-        """The five gates ``(g_x, g_h, g_i, g_hh, g_b)`` and the gating LSTM's next state."""
-        lstm_h, lstm_c = self.gate_lstm(torch.cat((obs, h), dim=1), lstm_state)
-        g = torch.tanh(self.gate_proj(lstm_h))
-        if self.gate_fn == "identity":
-            g = g + 1.0
-        return torch.split(g, self.gate_sizes, dim=1), (lstm_h, lstm_c)
+        return self._zero_state(4, batch_size, device)
 
     def forward(
         self, obs: torch.Tensor, state: State
@@ -142,7 +121,7 @@ class WarpLSTMAgent(RecurrentAgent):
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs must have shape (B, {self.obs_dim}); got {tuple(obs.shape)}")
         h, c, lstm_h, lstm_c = state
-        gates, lstm_state = self.gates(obs, h, (lstm_h, lstm_c))
+        gates, lstm_state = self.warp_gates(obs, h, (lstm_h, lstm_c))
         h, c = self.cell(obs, h, c, *gates)
         return self.policy(h), self.value(h).squeeze(-1), (h, c, *lstm_state)
 

@@ -101,7 +101,49 @@ class GatedRNNCell(nn.Module):
         return torch.tanh(pre)
 
 
-class WarpRNNAgent(RecurrentAgent):
+class WarpGatedAgent(RecurrentAgent):
+    """What every Warp-RNN shares: a slow gating LSTM ``gate_lstm`` over ``[x_t, h_{t-1}]`` and
+    its projection ``gate_proj`` (the warp weights), whose output, cut into ``gate_sizes``,
+    gates a fast cell ``cell`` read by the ``policy`` and ``value`` heads (the fast weights).
+    Subclasses build those modules and set ``gate_fn`` and ``gate_sizes``."""
+
+    gate_lstm: nn.LSTMCell
+    gate_proj: nn.Linear
+    cell: nn.Module
+    policy: nn.Linear
+    value: nn.Linear
+    gate_fn: str
+    gate_sizes: tuple[int, ...]
+
+    def warp_modules(self) -> list[nn.Module]:
+        """The gating LSTM and its projection: the slow, meta-learned weights."""
+        return [self.gate_lstm, self.gate_proj]
+
+    def adapt_modules(self) -> list[nn.Module]:
+        """The fast cell and the policy and value heads: the fast weights."""
+        return [self.cell, self.policy, self.value]
+
+    def _zero_state(self, parts: int, batch_size: int,
+                    device: torch.device | str | None) -> State:
+        weight = self.policy.weight
+        zeros = torch.zeros(parts, batch_size, self.hidden_size, dtype=weight.dtype,
+                            device=weight.device if device is None else device)
+        return tuple(zeros.unbind(0))
+
+    def warp_gates(self, obs: torch.Tensor, h: torch.Tensor,
+                   lstm_state: tuple[torch.Tensor, torch.Tensor]
+                   ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
+        """The gates for this step (``gate_fn`` of the projection, cut into ``gate_sizes``) and
+        the gating LSTM's next ``(lstm_h, lstm_c)``, from obs ``(B, D)``, the fast cell's
+        previous output ``h (B, H)`` and the gating LSTM's state."""
+        lstm_h, lstm_c = self.gate_lstm(torch.cat((obs, h), dim=1), lstm_state)
+        g = torch.tanh(self.gate_proj(lstm_h))
+        if self.gate_fn == "identity":
+            g = g + 1.0
+        return torch.split(g, self.gate_sizes, dim=1), (lstm_h, lstm_c)
+
+
+class WarpRNNAgent(WarpGatedAgent):
     """The Warp-RNN actor-critic (see the module docstring for the equations).
 
     Args:
@@ -150,20 +192,9 @@ class WarpRNNAgent(RecurrentAgent):
         self.fused_unroll = fused_unroll  # WarpRNNTape (True) or autograd through forward
         self._workspace: _TapeWorkspace | None = None  # the tape's buffers, reused
 
-    def warp_modules(self) -> list[nn.Module]:
-        """The gating LSTM and its projection: the slow, meta-learned weights."""
-        return [self.gate_lstm, self.gate_proj]
-
-    def adapt_modules(self) -> list[nn.Module]:
-        """The gated RNN cell and the policy and value heads: the fast weights."""
-        return [self.cell, self.policy, self.value]
-
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros: ``(h, lstm_h, lstm_c)``, each ``(batch_size, hidden_size)``."""
-        weight = self.policy.weight
-        zeros = torch.zeros(3, batch_size, self.hidden_size, dtype=weight.dtype,
-                            device=weight.device if device is None else device)
-        return (zeros[0], zeros[1], zeros[2])
+        return self._zero_state(3, batch_size, device)
 
     def gates(
         self, obs: torch.Tensor, state: State
@@ -174,12 +205,7 @@ class WarpRNNAgent(RecurrentAgent):
             ``((g_x, g_h, g_i, g_hh, g_b), (lstm_h, lstm_c))`` with ``g_x (B, D)``, the other
             gates ``(B, H)``, all in ``(-1, 1)`` (``(0, 2)`` for ``gates="identity"``).
         """
-        h, lstm_h, lstm_c = state
-        lstm_h, lstm_c = self.gate_lstm(torch.cat((obs, h), dim=1), (lstm_h, lstm_c))
-        g = torch.tanh(self.gate_proj(lstm_h))
-        if self.gate_fn == "identity":
-            g = g + 1.0
-        return torch.split(g, self.gate_sizes, dim=1), (lstm_h, lstm_c)
+        return self.warp_gates(obs, state[0], (state[1], state[2]))
 
     def forward(
         self, obs: torch.Tensor, state: State
