@@ -26,12 +26,7 @@ from warp_rl.omniglot.train import build_learner, build_parser, eval_batch, main
 METHODS = ("warp_leap", "leap", "maml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks: tiny convolutions, and a busy 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_learner(method: str, **warp_kwargs):

@@ -21,13 +21,7 @@ from warp_rl.omniglot.tasks import TaskPool
 STEPS, BATCH, FILTERS = 3, 10, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are far faster on one thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pool(num_tasks: int = 3, dtype=torch.float32, binary: bool = True) -> TaskPool:

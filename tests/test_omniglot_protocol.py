@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from warp_rl.omniglot.data import default_data_root, load_omniglot
 from warp_rl.omniglot.tasks import (
     TaskPool,
     TaskSampler,
@@ -19,18 +16,6 @@ from warp_rl.omniglot.tasks import (
     random_affine,
     split_alphabets,
 )
-
-
-@pytest.fixture(scope="module")
-def real():
-    """The real data (../shared/data/omniglot); missing data fails under CI=true."""
-    root: Path = default_data_root()
-    if not (root / "images_background.npz").is_file():
-        msg = f"real Omniglot data not found at {root}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " (CI=true requires it)")
-        pytest.skip(msg)
-    return load_omniglot(root)
 
 
 def test_46_alphabets_qualify(real):

@@ -14,38 +14,20 @@ Two independent checks:
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from warp_rl.omniglot.data import OmniglotImages, default_data_root, load_omniglot
+from warp_rl.omniglot.data import OmniglotImages
 from warp_rl.omniglot.tasks import NUM_HELD_OUT, TaskBatch, TaskPool, split_alphabets
 
 SEED = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def real() -> OmniglotImages:
-    """The real data (../shared/data/omniglot); missing data fails under CI=true."""
-    root: Path = default_data_root()
-    if not (root / "images_background.npz").is_file():
-        msg = f"real Omniglot data not found at {root}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " (CI=true requires it)")
-        pytest.skip(msg)
-    return load_omniglot(root)
 
 
 def _keys(images: torch.Tensor | np.ndarray) -> list[bytes]:
