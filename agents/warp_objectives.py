@@ -50,6 +50,7 @@ only), so ``--resume`` continues it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from abc import ABC, abstractmethod
@@ -193,11 +194,9 @@ class EpisodeRecord:
     actions: torch.Tensor
     rewards: torch.Tensor
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("episode", "theta", "exp_avg", "exp_avg_sq",
-                                         "adam_step", "observations", "actions", "rewards")
-
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.FIELDS}
+        """The fields by name, tensors not copied (for the checkpoint)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class Algorithm2(WarpObjective):

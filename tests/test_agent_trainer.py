@@ -99,6 +99,23 @@ def non_timing_log(path: Path) -> dict[str, np.ndarray]:
     return {k: v for k, v in log.items() if k not in TIMING_FIELDS}
 
 
+def train_run(cfg: TrainConfig, out: Path, episodes: int | None = None) -> Trainer:
+    """A fresh run of ``cfg`` in ``out`` (to ``episodes`` if given), trained and closed."""
+    tr = Trainer(cfg if episodes is None else dataclasses.replace(cfg, episodes=episodes), out)
+    tr.train(progress=False)
+    tr.close()
+    return tr
+
+
+def resume_run(out: Path, episodes: int) -> tuple[Trainer, int]:
+    """Resume the run in ``out`` up to ``episodes``; returns it and the episode it resumed at."""
+    tr = Trainer.resume(out, {"episodes": episodes})
+    resumed_at = tr.episode
+    tr.train(progress=False)
+    tr.close()
+    return tr, resumed_at
+
+
 def assert_same_tree(a, b) -> None:
     """Equal nested dicts / lists of tensors and plain values (tensors bit for bit)."""
     if isinstance(a, torch.Tensor):
@@ -138,19 +155,12 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_resume_is_exact(tmp_path, agent, env_backend):
     # env_backend="torch" is the GPU trainer's code path (TorchMazeBatch), here on the CPU.
     cfg = small(agent=agent, env_backend=env_backend, episodes=10, checkpoint_every=4)
-    straight = Trainer(cfg, tmp_path / "straight")
-    straight.train(progress=False)
-    straight.close()
-
+    train_run(cfg, tmp_path / "straight")
     # N episodes, then a second process-worth of training from the checkpoint to 2N.
-    first = Trainer(dataclasses.replace(cfg, episodes=5), tmp_path / "split")
-    first.train(progress=False)
-    first.close()
+    train_run(cfg, tmp_path / "split", episodes=5)
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["episode"] == 5
-    rest = Trainer.resume(tmp_path / "split", {"episodes": 10})
-    assert rest.episode == 5
-    rest.train(progress=False)
-    rest.close()
+    _, resumed_at = resume_run(tmp_path / "split", 10)
+    assert resumed_at == 5
     assert_same_run(tmp_path / "straight", tmp_path / "split")
     assert len(read_log(tmp_path / "split" / "log.csv")["episode"]) == 10
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import pytest
 import torch
-from test_agent_trainer import assert_same_run, small
+from test_agent_trainer import assert_same_run, resume_run, small, train_run
 
 from agents import warp_objectives
 from agents.a2c import A2CLoss, a2c_loss, discounted_returns
@@ -97,8 +96,7 @@ def direct_meta_loss(agent, part, fast_opt, rec_k, rec_k1, max_grad_norm: float,
     if not second_order:
         grads = [g.detach() for g in grads]
     norm = torch.sqrt(sum((g * g).sum() for g in grads))
-    scale = min(1.0, max_grad_norm / (float(norm) + 1e-6)) if not second_order else torch.clamp(
-        max_grad_norm / (norm + 1e-6), max=1.0)
+    scale = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
     stepped = {}
     for (name, th), g, p in zip(theta.items(), grads, fast, strict=True):
         st = fast_opt.state[p]
@@ -198,20 +196,15 @@ def test_resume_in_the_middle_of_a_warp_interval_is_exact(tmp_path, name):
     gradient sum, recorded episodes) that a resume must restore."""
     cfg = small(agent="warp", warp_objective=name, warp_pairs=2, episodes=10,
                 checkpoint_every=4)
-    straight = Trainer(cfg, tmp_path / "straight")
-    straight.train(progress=False)
-    straight.close()
-    first = Trainer(dataclasses.replace(cfg, episodes=6), tmp_path / "split")
-    first.train(progress=False)
-    first.close()
+    straight = train_run(cfg, tmp_path / "straight")
+    train_run(cfg, tmp_path / "split", episodes=6)
     state = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["warp_objective"]
     if name == "two_timescale":
         assert any(float(g.abs().max()) > 0 for g in state["warp_grad_sum"])
     else:
         assert [int(r["episode"]) for r in state["records"]] == [2, 3, 4, 5]
-    rest = Trainer.resume(tmp_path / "split", {"episodes": 10})
-    rest.train(progress=False)
-    rest.close()
+    _, resumed_at = resume_run(tmp_path / "split", 10)
+    assert resumed_at == 6
     assert_same_run(tmp_path / "straight", tmp_path / "split")
     warp_steps = [r for r in range(10) if straight.is_warp_step(r)]
     assert warp_steps == [4, 7]

@@ -66,9 +66,11 @@ def test_orthogonal_fast_init():
     agent = WarpRNNAgent(D, A, H, fast_init="orthogonal")
     w_hh, w_ih = agent.cell.w_hh.weight, agent.cell.w_ih.weight
     torch.testing.assert_close(w_hh @ w_hh.T, torch.eye(H), atol=1e-5, rtol=0)
-    torch.testing.assert_close(w_ih.T @ w_ih, torch.eye(D)[:H, :H] if H >= D else
-                               w_ih.T @ w_ih)  # (H < D: rows orthonormal instead)
+    # W_ih is H x D with H < D: orthonormal rows, so W_ih^T W_ih is a projection of rank H.
     torch.testing.assert_close(w_ih @ w_ih.T, torch.eye(H), atol=1e-5, rtol=0)
+    proj = w_ih.T @ w_ih
+    torch.testing.assert_close(proj @ proj, proj, atol=1e-5, rtol=0)
+    assert torch.trace(proj).item() == pytest.approx(H, abs=1e-4)
     assert torch.equal(agent.cell.bias, torch.zeros(H))
     lstm = WarpLSTMAgent(D, A, H)
     for block in lstm.cell.w_hh.split(H, dim=0):
