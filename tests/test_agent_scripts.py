@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_loader import load_script
 
 import agents.trainer as trainer_mod
 from agents.trainer import load_checkpoint, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 train_maze = load_script("train_maze")

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("_baselines_plot_maze",
-                                              ROOT / "scripts" / "plot_maze.py")
-plot_maze = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = plot_maze  # dataclasses look their module up there
-spec.loader.exec_module(plot_maze)
+plot_maze = load_script("plot_maze")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

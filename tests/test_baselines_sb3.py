@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_baselines_{name}",
-                                                  ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 sb3_script = load_script("train_maze_sb3")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 from agents.backpropamine import BackpropamineAgent
 from agents.trainer import LOG_NAME, TrainConfig, Trainer
@@ -67,11 +66,7 @@ def test_plot_reads_trainer_runs(tmp_path):
     """The comparison script reads the trainer's folders (agent name from checkpoint.pt)."""
     for name in ("rnn", "lstm"):
         train(tiny_config(name), tmp_path / "runs" / name)
-    spec = importlib.util.spec_from_file_location("_baselines_trainer_plot",
-                                                  ROOT / "scripts" / "plot_maze.py")
-    plot_maze = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = plot_maze
-    spec.loader.exec_module(plot_maze)
+    plot_maze = load_script("plot_maze")
     table = plot_maze.main([str(tmp_path / "runs"), "--smooth", "2", "--last", "2",
                             "--out", str(tmp_path / "cmp.png")])
     agents = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
@@ -82,11 +77,7 @@ def test_plot_reads_trainer_runs(tmp_path):
 @pytest.mark.parametrize("name", ["rnn", "lstm", "backpropamine"])
 def test_baseline_trains_through_train_maze_script(tmp_path, name):
     """The command-line path of the issue: scripts/train_maze.py --agent NAME."""
-    spec = importlib.util.spec_from_file_location("_baselines_train_maze",
-                                                  ROOT / "scripts" / "train_maze.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_script("train_maze")
     out = tmp_path / name
     code = script.main(["--agent", name, "--episodes", "2", "--batch-size", "2",
                         "--hidden-size", "8", "--maze-size", "5", "--episode-length", "10",

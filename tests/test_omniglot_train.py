@@ -4,13 +4,12 @@ the one-shot benchmark and the comparison plot."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 from warp_rl.omniglot.synthetic import write_npz_pair, write_runs
 from warp_rl.omniglot.train import main
@@ -135,11 +134,7 @@ def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
     assert len(shot["runs"]) == 20 and 0.0 <= shot["acc"] <= 1.0
     # synthetic runs are not in the data set: no alphabet can be identified
     assert shot["num_unseen_runs"] == 20 and shot["runs"][0]["alphabets"] == []
-    spec = importlib.util.spec_from_file_location("_omniglot_plot", ROOT / "scripts" /
-                                                  "plot_omniglot.py")
-    plot = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = plot
-    spec.loader.exec_module(plot)
+    plot = load_script("plot_omniglot")
     fig = tmp_path / "cmp" / "comparison.png"
     text = plot.main([str(tmp_path), "--out", str(fig)])
     assert fig.read_bytes()[:8] == PNG_MAGIC

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import importlib.util
 import json
 import pickle
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 from test_runs import (
     Evil,
     corrupt,
@@ -35,14 +35,6 @@ from warp_rl.omniglot.train import main as omniglot_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_faults_{name}",
-                                                  ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 train_maze = load_script("train_maze")
