@@ -9,6 +9,7 @@ split, through :func:`warp_rl.partition`, into *fast* (task-adaptable) weights a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,12 +44,13 @@ class AutogradUnroller(Unroller):
     def __init__(self, agent: RecurrentAgent, batch_size: int,
                  device: torch.device | str | None = None) -> None:
         self.agent = agent
+        self.dtype = next(agent.parameters()).dtype
         self.state = agent.initial_state(batch_size, device)
         self.logits: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
     def step(self, obs: torch.Tensor) -> torch.Tensor:
-        logits, value, self.state = self.agent(obs, self.state)
+        logits, value, self.state = self.agent(obs.to(self.dtype), self.state)
         self.logits.append(logits)
         self.values.append(value)
         return logits.detach()
@@ -108,6 +110,21 @@ class RecurrentAgent(nn.Module, ABC):
         return a faster one (e.g. a fused forward/backward through time), which must give the
         same outputs and gradients."""
         return AutogradUnroller(self, batch_size, device)
+
+    @classmethod
+    def population_unroller(cls, agents: Sequence[RecurrentAgent], batch_size: int, length: int,
+                            device: torch.device | str | None = None) -> Unroller:
+        """An :class:`Unroller` that plays a *population*, ``S`` agents of this class (one per
+        seed), side by side: :meth:`Unroller.step` takes obs ``(S, B, obs_dim)`` and returns
+        logits ``(S, B, num_actions)``, :meth:`Unroller.outputs` gives ``(T, S, B, ...)``, and
+        each agent's own parameters receive its own gradient. Each member's outputs and
+        gradients must equal what its own :meth:`unroller` gives.
+
+        Raises:
+            NotImplementedError: this agent class cannot train as a population (the default).
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot be trained as a population (it "
+                                  "defines no population_unroller)")
 
     # ----------------------------------------------------------------------------------------
     # Stable-Baselines3 convention

@@ -7,12 +7,13 @@ run is a function of the episode counter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from agents.base import RecurrentAgent
+from agents.base import RecurrentAgent, Unroller
 from envs.batch_env import BatchEnv
 
 
@@ -36,6 +37,15 @@ def episode_seeds(seed: int, episode: int, rank: int = 0) -> tuple[int, int]:
     return int(env_seed), int(sample_seed)
 
 
+def gumbel_noise(length: int, batch: int, num_actions: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """A whole episode's Gumbel noise ``(T, B, A)``, ``g = -log(Exponential(1))`` drawn from
+    ``generator`` (on its device): ``argmax(logits + g[t])`` is an exact sample of
+    ``softmax(logits)``."""
+    noise = torch.empty(length, batch, num_actions, device=generator.device)
+    return noise.exponential_(generator=generator).log_().neg_()
+
+
 def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed: int,
                     generator: torch.Generator) -> Rollout:
     """Run ``length`` steps of every maze from a fresh reset, keeping what the loss needs.
@@ -50,8 +60,7 @@ def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed:
     batch = env.num_envs
     obs = env.reset(env_seed)
     unroll = agent.unroller(batch, length, device)
-    noise = torch.empty(length, batch, agent.num_actions, device=device)
-    noise = noise.exponential_(generator=generator).log_().neg_()
+    noise = gumbel_noise(length, batch, agent.num_actions, generator)
     actions = torch.empty(length, batch, dtype=torch.long, device=device)
     rewards = torch.empty(length, batch, device=device)
     observations = torch.empty(length, batch, env.obs_dim, device=device)
@@ -65,4 +74,36 @@ def collect_rollout(agent: RecurrentAgent, env: BatchEnv, length: int, env_seed:
     return Rollout(logits, values, actions, rewards, observations)
 
 
-__all__ = ["Rollout", "collect_rollout", "episode_seeds"]
+def collect_population_rollout(unroll: Unroller, envs: Sequence[BatchEnv], length: int,
+                               env_seeds: Sequence[int], generators: Sequence[torch.Generator],
+                               num_actions: int) -> list[Rollout]:
+    """:func:`collect_rollout` for a population of ``S`` runs played side by side: run ``s``
+    plays ``envs[s]`` reset with ``env_seeds[s]``, samples with noise from ``generators[s]``
+    (the same draws as its own :func:`collect_rollout` would take) and is stepped by the
+    population unroller ``unroll`` (obs ``(S, B, D)`` -> logits ``(S, B, A)``).
+
+    Returns one :class:`Rollout` per run, each ``(T, B, ...)`` and contiguous (so that its loss
+    is computed exactly as a single run's), its logits and values in the autograd graph.
+    """
+    device = generators[0].device
+    batch, size = envs[0].num_envs, len(envs)
+    obs = torch.stack([env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)])
+    noise = torch.stack([gumbel_noise(length, batch, num_actions, g) for g in generators], 1)
+    actions = torch.empty(length, size, batch, dtype=torch.long, device=device)
+    rewards = torch.empty(length, size, batch, device=device)
+    observations = torch.empty(length, size, batch, envs[0].obs_dim, device=device)
+    for t in range(length):
+        observations[t] = obs
+        logits = unroll.step(obs)
+        torch.argmax(logits + noise[t], dim=-1, out=actions[t])
+        stepped = [env.step(actions[t, s]) for s, env in enumerate(envs)]
+        obs = torch.stack([o for o, _ in stepped])
+        rewards[t] = torch.stack([r for _, r in stepped])
+    logits, values = unroll.outputs()
+    return [Rollout(logits[:, s].contiguous(), values[:, s].contiguous(),
+                    actions[:, s].contiguous(), rewards[:, s].contiguous(),
+                    observations[:, s].contiguous()) for s in range(size)]
+
+
+__all__ = ["Rollout", "collect_population_rollout", "collect_rollout", "episode_seeds",
+           "gumbel_noise"]

@@ -60,7 +60,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ import envs.batch_env
 from agents import AGENTS, make_agent
 from agents.a2c import GAMMA, PENALTY_COEF, VALUE_COEF, A2CLoss, a2c_loss
 from agents.base import RecurrentAgent
-from agents.rollout import collect_rollout, episode_seeds
+from agents.rollout import Rollout, collect_rollout, episode_seeds
 from agents.warp_objectives import (
     WARP_OBJECTIVES,
     WarpContext,
@@ -282,6 +282,19 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 # Trainer
 # ------------------------------------------------------------------------------------------------
+class EpisodeNumbers(NamedTuple):
+    """What one episode leaves for its log row: the rollout and the (host) numbers."""
+
+    rollout: Rollout
+    total: float  # the A2C loss and its parts
+    policy: float
+    value: float
+    penalty: float
+    grad_norm: float  # L2 norm of the gradient before clipping
+    reward_mean: float  # episode reward, mean and population std over the mazes
+    reward_std: float
+
+
 class NonFiniteLossError(runs.NonFiniteError):
     """The loss or the gradient became NaN/inf; no optimiser step was taken."""
 
@@ -370,20 +383,41 @@ class Trainer:
         Returns the episode's log row. Raises :class:`NonFiniteLossError` (before any step) if
         the loss or the gradient is not finite.
         """
-        cfg, episode = self.config, self.episode
-        env_seed, sample_seed = episode_seeds(cfg.seed, episode, self.rank)
-        self.generator.manual_seed(sample_seed)
-
         start = time.perf_counter()
-        rollout = collect_rollout(self.agent, self.env, cfg.episode_length, env_seed,
-                                  self.generator)
+        rollout = self.collect_rollout()
         rollout_done = time.perf_counter()
-
-        loss: A2CLoss = a2c_loss(rollout.logits, rollout.values, rollout.actions,
-                                 rollout.rewards, cfg.gamma, cfg.value_coef, cfg.penalty_coef)
+        loss = self.loss(rollout)
         for p in self.params:
             p.grad = None
         loss.total.backward()
+        numbers = self.clip_and_check(rollout, loss)
+        return self.take_steps(numbers, start, rollout_done)
+
+    def begin_episode(self) -> int:
+        """Seed this episode's action noise (``self.generator``); returns its maze seed."""
+        env_seed, sample_seed = episode_seeds(self.config.seed, self.episode, self.rank)
+        self.generator.manual_seed(sample_seed)
+        return env_seed
+
+    def collect_rollout(self) -> Rollout:
+        """Play this episode's mazes with the current weights (:func:`agents.rollout.
+        collect_rollout`)."""
+        env_seed = self.begin_episode()
+        return collect_rollout(self.agent, self.env, self.config.episode_length, env_seed,
+                               self.generator)
+
+    def loss(self, rollout: Rollout) -> A2CLoss:
+        """The A2C loss of ``rollout`` with this run's coefficients."""
+        cfg = self.config
+        return a2c_loss(rollout.logits, rollout.values, rollout.actions, rollout.rewards,
+                        cfg.gamma, cfg.value_coef, cfg.penalty_coef)
+
+    def clip_and_check(self, rollout: Rollout, loss: A2CLoss) -> EpisodeNumbers:
+        """With the episode's gradient in the parameters' ``.grad``: average it over ranks,
+        clip it (``config.clip``) and return the numbers for the log. Raises
+        :class:`NonFiniteLossError` if the loss or the gradient is not finite (no step has been
+        taken)."""
+        cfg, episode = self.config, self.episode
         if self.world_size > 1:  # the mean of the ranks' mean-loss gradients, before clipping
             distributed.average_gradients_(self.params)
         if cfg.clip == "separate" and self.warp_params:
@@ -406,10 +440,19 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite loss at episode {episode}: loss={total}, policy={policy}, "
                 f"value={value}, penalty={penalty}, grad_norm={norm}")
+        return EpisodeNumbers(rollout, total, policy, value, penalty, norm, reward_mean,
+                              reward_std)
 
+    def take_steps(self, numbers: EpisodeNumbers, start: float, rollout_done: float
+                   ) -> dict[str, Any]:
+        """Take the episode's scheduled steps (fast every post-warm-up episode, warp when the
+        objective says) with the clipped gradient in ``.grad``, clear the gradients, advance the
+        episode counter and return the log row (``start`` and ``rollout_done`` are
+        ``time.perf_counter()`` readings of when the episode and its rollout began and ended)."""
+        episode = self.episode
         fast_step = not self.is_warmup(episode)
         if self.objective is not None:
-            self.objective.record(episode, rollout, fast_step)
+            self.objective.record(episode, numbers.rollout, fast_step)
         if fast_step:
             self.fast_opt.step()
         warp_step = self.objective is not None and self.objective.step(episode)
@@ -419,11 +462,13 @@ class Trainer:
 
         self.episode += 1
         self.wall_s += end - start
-        self.recent_rewards.append(reward_mean)
+        self.recent_rewards.append(numbers.reward_mean)
         return {
-            "episode": episode, "reward_mean": reward_mean, "reward_std": reward_std,
-            "loss": total, "policy_loss": policy, "value_loss": value, "penalty": penalty,
-            "grad_norm": norm, "fast_step": int(fast_step), "warp_step": int(warp_step),
+            "episode": episode, "reward_mean": numbers.reward_mean,
+            "reward_std": numbers.reward_std, "loss": numbers.total,
+            "policy_loss": numbers.policy, "value_loss": numbers.value,
+            "penalty": numbers.penalty, "grad_norm": numbers.grad_norm,
+            "fast_step": int(fast_step), "warp_step": int(warp_step),
             "rollout_s": rollout_done - start, "update_s": end - rollout_done,
             "wall_s": self.wall_s,
         }

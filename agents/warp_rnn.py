@@ -40,6 +40,7 @@ gradients are computed once per episode as a few large matrix products over all 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -224,6 +225,13 @@ class WarpRNNAgent(WarpGatedAgent):
             return AutogradUnroller(self, batch_size, device)
         return WarpRNNTape(self, batch_size, length, device)
 
+    @classmethod
+    def population_unroller(cls, agents: Sequence[WarpRNNAgent], batch_size: int, length: int,
+                            device: torch.device | str | None = None) -> Unroller:
+        """:class:`WarpRNNTape` over ``agents`` (a population; the fused tape whatever
+        ``fused_unroll`` says)."""
+        return WarpRNNTape(list(agents), batch_size, length, device)
+
     def tape_parameters(self) -> tuple[nn.Parameter, ...]:
         """The parameters in the order :class:`_WarpRNNBackward` returns their gradients."""
         lstm = self.gate_lstm
@@ -258,138 +266,158 @@ class WarpIdentityOrthAgent(WarpRNNAgent):
 
 
 class _TapeWorkspace:
-    """The buffers of a :class:`WarpRNNTape` and their per-step views, kept by the agent and
-    reused from one episode to the next (allocating and first-touching tens of megabytes, and
-    making thousands of views, every episode costs more than the small operations themselves).
+    """The buffers of a :class:`WarpRNNTape` and their per-step views, kept by the (first) agent
+    and reused from one episode to the next (allocating and first-touching tens of megabytes,
+    and making thousands of views, every episode costs more than the small operations
+    themselves). Every buffer is ``(T, S, B, ...)``: step, population member, maze.
 
     ``generation`` counts the tapes that used it: a tape refuses to run once a newer tape has
     taken the workspace over.
     """
 
-    def __init__(self, T: int, B: int, D: int, H: int, A: int, gate_sizes: tuple[int, ...],
-                 dtype: torch.dtype, device: torch.device) -> None:
-        self.key = (T, B, D, H, A, dtype, device)
+    def __init__(self, T: int, S: int, B: int, D: int, H: int, A: int,
+                 gate_sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.key = (T, S, B, D, H, A, dtype, device)
         self.generation = 0
 
         def buf(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, device=device, dtype=dtype)
+            return torch.zeros(T, S, B, *shape, device=device, dtype=dtype)
 
         # Forward activations. zz[t] = [x_t | h_{t-1} | lstm_h_{t-1}].
-        self.zz = buf(T + 1, B, D + 2 * H)
-        self.lc = buf(T + 1, B, H)  # gating LSTM cell state; lc[t + 1] after step t
-        self.act = buf(T, B, 4 * H)  # LSTM gates after their nonlinearity: i, f, g, o
-        self.tc = buf(T, B, H)  # tanh(lc[t + 1])
-        self.gates = buf(T, B, D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
-        self.xa = buf(T, B, D)  # x * g_x
-        self.ha = buf(T, B, H)  # h_{t-1} * g_h
+        self.zz = torch.zeros(T + 1, S, B, D + 2 * H, device=device, dtype=dtype)
+        # gating LSTM cell state; lc[t + 1] after step t
+        self.lc = torch.zeros(T + 1, S, B, H, device=device, dtype=dtype)
+        self.act = buf(4 * H)  # LSTM gates after their nonlinearity: i, f, g, o
+        self.tc = buf(H)  # tanh(lc[t + 1])
+        self.gates = buf(D + 4 * H)  # g_x | g_h | g_i | g_hh | g_b
+        self.xa = buf(D)  # x * g_x
+        self.ha = buf(H)  # h_{t-1} * g_h
         # [u | w | b] = [W_ih (x * g_x) | W_hh (h_{t-1} * g_h) | bias]: what g_i, g_hh and g_b
         # multiply (b is filled in by the backward pass).
-        self.uwb = buf(T, B, 3, H)
-        self.out = buf(T, B, A + 1)  # [logits | value]
+        self.uwb = buf(3, H)
+        self.out = buf(A + 1)  # [logits | value]
         # Backward: gradients of the pre-activations, and the slopes of the nonlinearities
         # (computed for all steps at once before the loop through time).
-        self.d_act = buf(T, B, 4 * H)
+        self.d_act = buf(4 * H)
         # dL/d(LSTM gate pre-activations) = [d_c, d_c, d_c, d_lh] * lstm_slope, with
         # lstm_slope = [g i', c_prev f', i g', tanh(c) o'] (' = the nonlinearity's derivative).
-        self.lstm_slope = buf(T, B, 4 * H)
-        self.c_slope = buf(T, B, H)  # o (1 - tanh(c)^2): dL/dc from dL/dlstm_h
-        self.h_slope = buf(T, B, H)  # 1 - h_t^2
-        self.gates_slope = buf(T, B, D + 4 * H)  # 1 - gates^2
-        self.d_gates = buf(T, B, D + 4 * H)
-        self.d_pre = buf(T, B, H)
-        self.d_uw = buf(T, B, 2, H)
-        # Per-step views (v_*[t] is step t's slice).
+        self.lstm_slope = buf(4 * H)
+        self.c_slope = buf(H)  # o (1 - tanh(c)^2): dL/dc from dL/dlstm_h
+        self.h_slope = buf(H)  # 1 - h_t^2
+        self.gates_slope = buf(D + 4 * H)  # 1 - gates^2
+        self.d_gates = buf(D + 4 * H)
+        self.d_pre = buf(H)
+        self.d_uw = buf(2, H)
+        # Per-step views (v_*[t] is step t's slice, (S, B, ...)).
         self.v_zz = self.zz.unbind(0)
-        self.v_x, self.v_h, self.v_lh = (c.unbind(0) for c in self.zz.split((D, H, H), dim=2))
+        self.v_x, self.v_h, self.v_lh = (c.unbind(0) for c in self.zz.split((D, H, H), dim=-1))
         self.v_lc, self.v_tc = self.lc.unbind(0), self.tc.unbind(0)
         self.v_act = self.act.unbind(0)
-        self.v_i, self.v_f, self.v_g, self.v_o = (c.unbind(0) for c in self.act.split(H, dim=2))
+        self.v_i, self.v_f, self.v_g, self.v_o = (c.unbind(0) for c in self.act.split(H, dim=-1))
         self.v_gates = self.gates.unbind(0)
         self.v_gx, self.v_gh, self.v_gi, self.v_ghh, self.v_gb = (
-            c.unbind(0) for c in self.gates.split(gate_sizes, dim=2))
-        self.v_giw = self.gates[:, :, D + H:D + 3 * H].unflatten(2, (2, H)).unbind(0)
+            c.unbind(0) for c in self.gates.split(gate_sizes, dim=-1))
+        self.v_giw = self.gates[..., D + H:D + 3 * H].unflatten(-1, (2, H)).unbind(0)
         self.v_xa, self.v_ha, self.v_uwb = self.xa.unbind(0), self.ha.unbind(0), self.uwb.unbind(0)
-        self.v_u, self.v_w = self.uwb[:, :, 0].unbind(0), self.uwb[:, :, 1].unbind(0)
+        self.v_u, self.v_w = self.uwb[..., 0, :].unbind(0), self.uwb[..., 1, :].unbind(0)
         self.v_out = self.out.unbind(0)
-        self.v_logits = self.out[:, :, :A].unbind(0)
+        self.v_logits = self.out[..., :A].unbind(0)
         self.v_dact = self.d_act.unbind(0)
-        self.v_dact3 = self.d_act[:, :, :3 * H].unflatten(2, (3, H)).unbind(0)  # i, f, g
-        self.v_do = self.d_act[:, :, 3 * H:].unbind(0)
-        self.v_lslope3 = self.lstm_slope[:, :, :3 * H].unflatten(2, (3, H)).unbind(0)
-        self.v_lslope_o = self.lstm_slope[:, :, 3 * H:].unbind(0)
+        self.v_dact3 = self.d_act[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # i, f, g
+        self.v_do = self.d_act[..., 3 * H:].unbind(0)
+        self.v_lslope3 = self.lstm_slope[..., :3 * H].unflatten(-1, (3, H)).unbind(0)
+        self.v_lslope_o = self.lstm_slope[..., 3 * H:].unbind(0)
         self.v_cslope, self.v_hslope = self.c_slope.unbind(0), self.h_slope.unbind(0)
         self.v_gslope = self.gates_slope.unbind(0)
         self.v_dgates, self.v_dpre = self.d_gates.unbind(0), self.d_pre.unbind(0)
-        self.v_dgx, self.v_dgh = (c.unbind(0) for c in self.d_gates.split(gate_sizes, dim=2)[:2])
+        self.v_dgx, self.v_dgh = (c.unbind(0) for c in self.d_gates.split(gate_sizes, -1)[:2])
         # dL/d[g_i | g_hh | g_b], the last three gates
-        self.v_dgiwb = self.d_gates[:, :, D + H:].unflatten(2, (3, H)).unbind(0)
+        self.v_dgiwb = self.d_gates[..., D + H:].unflatten(-1, (3, H)).unbind(0)
         self.v_duw = self.d_uw.unbind(0)
-        self.v_du, self.v_dw = self.d_uw[:, :, 0].unbind(0), self.d_uw[:, :, 1].unbind(0)
+        self.v_du, self.v_dw = self.d_uw[..., 0, :].unbind(0), self.d_uw[..., 1, :].unbind(0)
 
 
 class WarpRNNTape(Unroller):
-    """One training episode of a :class:`WarpRNNAgent`, forward step by step without autograd,
-    with a hand-written backward through time.
+    """One training episode of a :class:`WarpRNNAgent`, or of a population of them (one per
+    seed, trained side by side), forward step by step without autograd, with a hand-written
+    backward through time.
 
-    Every step writes its activations into buffers of shape ``(T, B, ...)`` (see
+    A population of ``S`` agents of the same shape runs as one: their parameters are stacked
+    along a leading dimension (``torch.stack``, in the autograd graph, so each agent's own
+    parameters receive its gradient) and every matrix product is a batched one over the ``S``
+    members (``torch.bmm``; each member's slice equals its own product up to rounding).
+    A single agent is a population of one whose ``step`` and ``outputs`` drop that dimension.
+
+    Every step writes its activations into buffers of shape ``(T, S, B, ...)`` (see
     :class:`_TapeWorkspace`); ``zz[t]`` holds ``[x_t, h_{t-1}, lstm_h_{t-1}]`` (the gating LSTM's
     input and recurrent state, so that its two matrix products are one), and step ``t`` writes
     ``h_t`` and ``lstm_h_t`` straight into ``zz[t + 1]``. The episode starts from the zero
     state, which receives no gradient. The backward pass runs the recurrence in reverse with
     only the small per-step products, then computes every weight gradient as one matrix product
-    over all ``T * B`` (step, maze) pairs.
+    over all ``T * B`` (step, maze) pairs of each member.
 
-    Rules (checked): the agent's parameters must not change between the first :meth:`step` and
-    the backward pass, and an episode must be back-propagated before the agent's next tape of
-    the same shape starts (they share the workspace).
+    Rules (checked): the agents' parameters must not change between the first :meth:`step` and
+    the backward pass, and an episode must be back-propagated before the (first) agent's next
+    tape of the same shape starts (they share the workspace).
 
     ``tanh(y)`` of the two large pre-activations (the LSTM's cell candidate and the five gates)
     is computed as ``2 sigmoid(2 y) - 1`` with the factor 2 folded into copies of the weights:
     the same function, and about twice as fast as ``torch.tanh`` on CPU.
 
     Args:
-        agent: the agent; its current weights are used.
-        batch_size: ``B``.
+        agent: the agent, or a sequence of ``S`` agents of one class and size (a population);
+            their current weights are used.
+        batch_size: ``B``, mazes per member.
         length: ``T``, the most steps this tape can record.
-        device: where the buffers live (default: the agent's).
+        device: where the buffers live (default: the agents').
+
+    Shapes: ``step`` takes obs ``(B, D)`` and returns logits ``(B, A)`` for one agent, ``(S, B,
+    D)`` and ``(S, B, A)`` for a population; ``outputs`` gives ``(T, B, ...)`` or ``(T, S, B,
+    ...)`` likewise.
     """
 
-    def __init__(self, agent: WarpRNNAgent, batch_size: int, length: int,
-                 device: torch.device | str | None = None) -> None:
-        self.agent = agent
-        self.identity_gates = agent.gate_fn == "identity"
-        self.params = agent.tape_parameters()
-        self.versions = [p._version for p in self.params]
-        weight = agent.policy.weight
+    def __init__(self, agent: WarpRNNAgent | Sequence[WarpRNNAgent], batch_size: int,
+                 length: int, device: torch.device | str | None = None) -> None:
+        self.single = isinstance(agent, nn.Module)
+        agents = [agent] if self.single else list(agent)
+        _check_population(agents)
+        first = agents[0]
+        self.identity_gates = first.gate_fn == "identity"
+        self.leaves = [p for a in agents for p in a.tape_parameters()]
+        self.versions = [p._version for p in self.leaves]
+        # (S, ...) stacks of the tape parameters, in the graph: gradients flow to each agent.
+        self.params = tuple(torch.stack(ps) for ps in zip(*(a.tape_parameters() for a in agents),
+                                                          strict=True))
+        weight = first.policy.weight
         device = weight.device if device is None else torch.device(device)
-        D, H, A = agent.obs_dim, agent.hidden_size, agent.num_actions
-        self.D, self.H, self.A, self.B, self.T = D, H, A, batch_size, length
+        D, H, A, S = first.obs_dim, first.hidden_size, first.num_actions, len(agents)
+        self.D, self.H, self.A, self.S, self.B, self.T = D, H, A, S, batch_size, length
         with torch.no_grad():
-            lstm = agent.gate_lstm
-            self.w_lstm = torch.cat((lstm.weight_ih, lstm.weight_hh), dim=1)  # (4H, D + 2H)
-            self.w_proj = agent.gate_proj.weight.detach()  # (D + 4H, H)
-            self.w_ih = agent.cell.w_ih.weight.detach()  # (H, D)
-            self.w_hh = agent.cell.w_hh.weight.detach()  # (H, H)
-            self.bias = agent.cell.bias.detach()  # (H,)
-            self.w_heads = torch.cat((agent.policy.weight, agent.value.weight))  # (A + 1, H)
-            self.b_heads = torch.cat((agent.policy.bias, agent.value.bias))  # (A + 1,)
+            (w_ih, w_hh, bias, w_pol, b_pol, w_val, b_val,
+             w_lstm_ih, w_lstm_hh, b_lstm_ih, b_lstm_hh, w_proj) = (p.detach() for p in self.params)
+            self.w_lstm = torch.cat((w_lstm_ih, w_lstm_hh), dim=-1)  # (S, 4H, D + 2H)
+            self.w_proj = w_proj  # (S, D + 4H, H)
+            self.w_ih, self.w_hh, self.bias = w_ih, w_hh, bias  # (S, H, D), (S, H, H), (S, H)
+            self.w_heads = torch.cat((w_pol, w_val), dim=1)  # (S, A + 1, H)
+            self.b_heads = torch.cat((b_pol, b_val), dim=1).unsqueeze(1)  # (S, 1, A + 1)
             # Forward copies, transposed for x @ W.T, with the cell candidate's rows (i, f, g, o
             # order) and the projection doubled, for tanh(y) = 2 sigmoid(2 y) - 1.
             w_lstm2 = self.w_lstm.clone()
-            w_lstm2[2 * H:3 * H] *= 2.0
-            self.b_lstm2 = lstm.bias_ih + lstm.bias_hh
-            self.b_lstm2[2 * H:3 * H] *= 2.0
-            self.w_lstm2_t, self.w_proj2_t = w_lstm2.T, (2.0 * self.w_proj).T
-            self.w_ih_t, self.w_hh_t, self.w_heads_t = self.w_ih.T, self.w_hh.T, self.w_heads.T
+            w_lstm2[:, 2 * H:3 * H] *= 2.0
+            b_lstm2 = b_lstm_ih + b_lstm_hh
+            b_lstm2[:, 2 * H:3 * H] *= 2.0
+            self.b_lstm2 = b_lstm2.unsqueeze(1)  # (S, 1, 4H)
+            self.w_lstm2_t, self.w_proj2_t = w_lstm2.mT, (2.0 * self.w_proj).mT
+            self.w_ih_t, self.w_hh_t, self.w_heads_t = self.w_ih.mT, self.w_hh.mT, self.w_heads.mT
 
-        key = (length, batch_size, D, H, A, weight.dtype, device)
-        ws = agent._workspace
+        key = (length, S, batch_size, D, H, A, weight.dtype, device)
+        ws = first._workspace
         if ws is None or ws.key != key:
-            ws = agent._workspace = _TapeWorkspace(length, batch_size, D, H, A,
-                                                   agent.gate_sizes, weight.dtype, device)
+            ws = first._workspace = _TapeWorkspace(length, S, batch_size, D, H, A,
+                                                   first.gate_sizes, weight.dtype, device)
         ws.generation += 1
         self.ws, self.generation = ws, ws.generation
-        ws.zz[0, :, D:] = 0.0  # h_{-1} = lstm_h_{-1} = 0
+        ws.zz[0, ..., D:] = 0.0  # h_{-1} = lstm_h_{-1} = 0
         ws.lc[0] = 0.0  # lstm_c_{-1} = 0
         self.t = 0
 
@@ -400,48 +428,56 @@ class WarpRNNTape(Unroller):
 
     @torch.no_grad()
     def step(self, obs: torch.Tensor) -> torch.Tensor:
-        """One step of :meth:`WarpRNNAgent.forward`; returns logits ``(B, A)`` (a view of the
-        tape's buffer: read it before the next step, do not modify it)."""
+        """One step of :meth:`WarpRNNAgent.forward`; returns logits ``(B, A)`` (``(S, B, A)``
+        for a population; a view of the tape's buffer: read it before the next step, do not
+        modify it)."""
         t, ws = self.t, self.ws
         self._check_workspace()
         if t >= self.T:
             raise RuntimeError(f"this tape holds {self.T} steps; step {t} is one too many")
-        if obs.shape != (self.B, self.D):
-            raise ValueError(f"obs must have shape ({self.B}, {self.D}); got {tuple(obs.shape)}")
+        want = (self.B, self.D) if self.single else (self.S, self.B, self.D)
+        if obs.shape != want:
+            raise ValueError(f"obs must have shape {want}; got {tuple(obs.shape)}")
         x, h = ws.v_x[t], ws.v_h[t]
         x.copy_(obs)
         # Gating LSTM over [x_t, h_{t-1}] with state (lstm_h, lstm_c).
-        torch.addmm(self.b_lstm2, ws.v_zz[t], self.w_lstm2_t, out=ws.v_act[t]).sigmoid_()
+        torch.baddbmm(self.b_lstm2, ws.v_zz[t], self.w_lstm2_t, out=ws.v_act[t]).sigmoid_()
         g = ws.v_g[t].mul_(2.0).sub_(1.0)  # tanh of the cell candidate
         c = torch.addcmul(ws.v_f[t] * ws.v_lc[t], ws.v_i[t], g, out=ws.v_lc[t + 1])
         lstm_h = torch.mul(ws.v_o[t], torch.tanh(c, out=ws.v_tc[t]), out=ws.v_lh[t + 1])
         # The five gates, tanh(W_proj lstm_h) = 2 sigmoid(2 y) - 1 (+ 1 for identity gates).
-        gates = torch.mm(lstm_h, self.w_proj2_t, out=ws.v_gates[t]).sigmoid_().mul_(2.0)
+        gates = torch.bmm(lstm_h, self.w_proj2_t, out=ws.v_gates[t]).sigmoid_().mul_(2.0)
         if not self.identity_gates:  # (1 + tanh(y) = 2 sigmoid(2 y) as it is)
             gates.sub_(1.0)
         # The fast, gated RNN cell.
-        u = torch.mm(torch.mul(x, ws.v_gx[t], out=ws.v_xa[t]), self.w_ih_t, out=ws.v_u[t])
-        w = torch.mm(torch.mul(h, ws.v_gh[t], out=ws.v_ha[t]), self.w_hh_t, out=ws.v_w[t])
-        pre = (ws.v_gb[t] * self.bias).addcmul_(u, ws.v_gi[t]).addcmul_(w, ws.v_ghh[t])
+        u = torch.bmm(torch.mul(x, ws.v_gx[t], out=ws.v_xa[t]), self.w_ih_t, out=ws.v_u[t])
+        w = torch.bmm(torch.mul(h, ws.v_gh[t], out=ws.v_ha[t]), self.w_hh_t, out=ws.v_w[t])
+        pre = (ws.v_gb[t] * self.bias.unsqueeze(1)).addcmul_(u, ws.v_gi[t]).addcmul_(
+            w, ws.v_ghh[t])
         h_new = torch.tanh(pre, out=ws.v_h[t + 1])
-        torch.addmm(self.b_heads, h_new, self.w_heads_t, out=ws.v_out[t])
+        torch.baddbmm(self.b_heads, h_new, self.w_heads_t, out=ws.v_out[t])
         self.t = t + 1
-        return ws.v_logits[t]
+        logits = ws.v_logits[t]
+        return logits[0] if self.single else logits
 
     def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits (T, B, A), values (T, B))`` of the recorded steps, in the autograd graph."""
+        """``(logits (T, B, A), values (T, B))`` of the recorded steps (``(T, S, B, A)`` and
+        ``(T, S, B)`` for a population), in the autograd graph."""
         out = _WarpRNNBackward.apply(self, *self.params)
+        if self.single:
+            out = out[:, 0]
         return out[..., :self.A], out[..., self.A]
 
     @torch.no_grad()
     def backward(self, d_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Back-propagate ``d_out = dL/d[logits | value]`` ``(T, B, A + 1)`` through time;
-        returns the gradients of :meth:`WarpRNNAgent.tape_parameters`, in that order."""
+        """Back-propagate ``d_out = dL/d[logits | value]`` ``(T, S, B, A + 1)`` through time;
+        returns the gradients of the stacked :meth:`WarpRNNAgent.tape_parameters`, ``(S,
+        ...)`` each, in that order."""
         self._check_workspace()
-        if [p._version for p in self.params] != self.versions:
+        if [p._version for p in self.leaves] != self.versions:
             raise RuntimeError("the agent's parameters changed between the rollout and the "
                                "backward pass; the recorded episode no longer matches them")
-        T, B, D, H, A, ws = self.t, self.B, self.D, self.H, self.A, self.ws
+        T, S, B, D, H, A, ws = self.t, self.S, self.B, self.D, self.H, self.A, self.ws
         v_dout = d_out.unbind(0)
         # The slopes of every nonlinearity, for all steps at once (the loop below then needs
         # one product per slope): sigmoid' = s (1 - s) for i, f, o; tanh' = 1 - y^2 for the
@@ -456,60 +492,75 @@ class WarpRNNTape(Unroller):
         slope[..., H:2 * H].mul_(ws.lc[:T])  # dc/df = c_prev
         slope[..., 2 * H:3 * H].mul_(i_all)  # dc/dg = i
         slope[..., 3 * H:].mul_(tc)  # dlstm_h/do = tanh(c)
-        h_all = ws.zz[1:T + 1, :, D:D + H]
+        h_all = ws.zz[1:T + 1, ..., D:D + H]
         torch.mul(h_all, h_all, out=ws.h_slope[:T]).neg_().add_(1.0)
         gates = ws.gates[:T]
         if self.identity_gates:  # g = 1 + tanh(y): g' = 1 - (g - 1)^2 = g (2 - g)
             torch.mul(gates, 2.0 - gates, out=ws.gates_slope[:T])
         else:  # g = tanh(y): g' = 1 - g^2
             torch.mul(gates, gates, out=ws.gates_slope[:T]).neg_().add_(1.0)
-        ws.uwb[:T, :, 2] = self.bias  # what g_b multiplies, beside u and w (one product below)
+        ws.uwb[:T, ..., 2, :] = self.bias.unsqueeze(1)  # what g_b multiplies, beside u and w
 
-        d_h = ws.zz.new_zeros(B, H)  # dL/dh_t from the steps after t
-        d_lh = ws.zz.new_zeros(B, H)  # dL/dlstm_h_t from the steps after t
-        d_lc = ws.zz.new_zeros(B, H)  # dL/dlstm_c_t from the steps after t
-        w_state = self.w_lstm[:, D:]  # (4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
+        d_h = ws.zz.new_zeros(S, B, H)  # dL/dh_t from the steps after t
+        d_lh = ws.zz.new_zeros(S, B, H)  # dL/dlstm_h_t from the steps after t
+        d_lc = ws.zz.new_zeros(S, B, H)  # dL/dlstm_c_t from the steps after t
+        w_state = self.w_lstm[..., D:]  # (S, 4H, 2H): the columns of h_{t-1} and lstm_h_{t-1}
         for t in reversed(range(T)):
             # Heads, then h_t = tanh(pre): dL/dpre = dL/dh (1 - h^2).
-            d_h = torch.addmm(d_h, v_dout[t], self.w_heads)
+            d_h = torch.baddbmm(d_h, v_dout[t], self.w_heads)
             dp = torch.mul(d_h, ws.v_hslope[t], out=ws.v_dpre[t])
             # pre = u * g_i + w * g_hh + b * g_b, u = W_ih (x * g_x), w = W_hh (h_{t-1} * g_h)
-            dp2 = dp.unsqueeze(1)
+            dp2 = dp.unsqueeze(-2)
             torch.mul(dp2, ws.v_giw[t], out=ws.v_duw[t])
             torch.mul(dp2, ws.v_uwb[t], out=ws.v_dgiwb[t])
-            torch.mul(torch.mm(ws.v_du[t], self.w_ih), ws.v_x[t], out=ws.v_dgx[t])
-            d_ha = torch.mm(ws.v_dw[t], self.w_hh)
+            torch.mul(torch.bmm(ws.v_du[t], self.w_ih), ws.v_x[t], out=ws.v_dgx[t])
+            d_ha = torch.bmm(ws.v_dw[t], self.w_hh)
             torch.mul(d_ha, ws.v_h[t], out=ws.v_dgh[t])
             # gates = tanh(W_proj lstm_h)
-            d_lh = torch.addmm(d_lh, ws.v_dgates[t].mul_(ws.v_gslope[t]), self.w_proj)
+            d_lh = torch.baddbmm(d_lh, ws.v_dgates[t].mul_(ws.v_gslope[t]), self.w_proj)
             # Gating LSTM: c = f * c_prev + i * g, lstm_h = o * tanh(c).
             d_c = torch.addcmul(d_lc, d_lh, ws.v_cslope[t])
-            torch.mul(ws.v_lslope3[t], d_c.unsqueeze(1), out=ws.v_dact3[t])  # i, f, g
+            torch.mul(ws.v_lslope3[t], d_c.unsqueeze(-2), out=ws.v_dact3[t])  # i, f, g
             torch.mul(ws.v_lslope_o[t], d_lh, out=ws.v_do[t])
             d_lc = d_c * ws.v_f[t]
-            d_state = torch.mm(ws.v_dact[t], w_state)  # (B, 2H)
-            d_lh = d_state[:, H:]
-            d_h = torch.addcmul(d_state[:, :H], d_ha, ws.v_gh[t])
+            d_state = torch.bmm(ws.v_dact[t], w_state)  # (S, B, 2H)
+            d_lh = d_state[..., H:]
+            d_h = torch.addcmul(d_state[..., :H], d_ha, ws.v_gh[t])
 
-        # Weight gradients: one product over all T * B (step, maze) pairs per weight.
-        def flat(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(T * B, x.shape[-1])
+        # Weight gradients: one product over all T * B (step, maze) pairs per weight and member.
+        def flat(x: torch.Tensor) -> torch.Tensor:  # (T, S, B, X) -> (S, T * B, X)
+            return x.transpose(0, 1).reshape(S, T * B, x.shape[-1])
 
         d_out, d_act, d_gates = flat(d_out), flat(ws.d_act[:T]), flat(ws.d_gates[:T])
-        g_heads = d_out.T @ flat(ws.zz[1:T + 1, :, D:D + H])  # (A + 1, H)
-        gb_heads = d_out.sum(0)
-        g_w_ih = flat(ws.d_uw[:T, :, 0]).T @ flat(ws.xa[:T])
-        g_w_hh = flat(ws.d_uw[:T, :, 1]).T @ flat(ws.ha[:T])
-        g_bias = (flat(ws.d_pre[:T]) * flat(ws.gates[:T, :, D + 3 * H:])).sum(0)
-        g_proj = d_gates.T @ flat(ws.zz[1:T + 1, :, D + H:])
-        g_lstm = d_act.T @ flat(ws.zz[:T])  # (4H, D + 2H)
-        gb_lstm = d_act.sum(0)
-        return (g_w_ih, g_w_hh, g_bias, g_heads[:A], gb_heads[:A], g_heads[A:], gb_heads[A:],
-                g_lstm[:, :D + H], g_lstm[:, D + H:], gb_lstm, gb_lstm.clone(), g_proj)
+        g_heads = d_out.mT @ flat(ws.zz[1:T + 1, ..., D:D + H])  # (S, A + 1, H)
+        gb_heads = d_out.sum(1)
+        g_w_ih = flat(ws.d_uw[:T, ..., 0, :]).mT @ flat(ws.xa[:T])
+        g_w_hh = flat(ws.d_uw[:T, ..., 1, :]).mT @ flat(ws.ha[:T])
+        g_bias = (flat(ws.d_pre[:T]) * flat(ws.gates[:T, ..., D + 3 * H:])).sum(1)
+        g_proj = d_gates.mT @ flat(ws.zz[1:T + 1, ..., D + H:])
+        g_lstm = d_act.mT @ flat(ws.zz[:T])  # (S, 4H, D + 2H)
+        gb_lstm = d_act.sum(1)
+        return (g_w_ih, g_w_hh, g_bias, g_heads[:, :A], gb_heads[:, :A], g_heads[:, A:],
+                gb_heads[:, A:], g_lstm[..., :D + H], g_lstm[..., D + H:], gb_lstm,
+                gb_lstm.clone(), g_proj)
+
+
+def _check_population(agents: Sequence[RecurrentAgent]) -> None:
+    """A population is one or more agents of one class, size, dtype and device."""
+    if not agents:
+        raise ValueError("a population needs at least one agent")
+    first = agents[0]
+    for other in agents[1:]:
+        if (type(other) is not type(first) or other.hidden_size != first.hidden_size
+                or other.obs_dim != first.obs_dim or other.num_actions != first.num_actions
+                or other.policy.weight.dtype != first.policy.weight.dtype
+                or other.policy.weight.device != first.policy.weight.device):
+            raise ValueError("a population's agents must share class, sizes, dtype and device; "
+                             f"got {type(first).__name__} and {type(other).__name__}")
 
 
 class _WarpRNNBackward(torch.autograd.Function):
-    """Connects a :class:`WarpRNNTape`'s recorded outputs to the agent's parameters."""
+    """Connects a :class:`WarpRNNTape`'s recorded outputs to the (stacked) parameters."""
 
     @staticmethod
     def forward(ctx, tape: WarpRNNTape, *params: torch.Tensor) -> torch.Tensor:

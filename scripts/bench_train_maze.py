@@ -21,6 +21,11 @@ steps of the episode. Run on one CPU thread by default::
     python scripts/bench_train_maze.py --batch-sizes 30 --episodes 2
     python scripts/bench_train_maze.py --device cuda       # the original also ran on a GPU
     python scripts/bench_train_maze.py --objectives        # cost of each warp objective
+    python scripts/bench_train_maze.py --population 1 3 10 30 --agent lstm   # many seeds
+
+``--population S ...`` measures population training (:mod:`agents.population`): ``S`` seeds
+in one process against the same ``S`` seeds trained one after the other by separate
+single-seed trainers, agent-steps per second and the ratio, for each ``S``.
 
 ``--objectives`` measures instead what each warp objective (``agents.warp_objectives``) costs
 at the paper's size: seconds per episode averaged over whole warp intervals (so the warp
@@ -34,6 +39,7 @@ process CPU time, a steadier figure on a busy machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -263,6 +269,47 @@ def objective_costs(args: argparse.Namespace) -> None:
               f"{r['s_per_episode'] / base:>16.2f}x", flush=True)
 
 
+def population_costs(args: argparse.Namespace) -> None:
+    """Agent-steps per second of ``S`` seeds trained as one population
+    (:class:`agents.population.PopulationTrainer`) against the same ``S`` seeds as separate
+    single-seed trainers run one after the other, for every ``S`` in ``args.population``
+    (interleaved episode by episode, so that the machine's load hits both alike)."""
+    from agents.population import PopulationTrainer
+
+    batch = args.batch_sizes[0]
+    print(f"population training: agent {args.agent}, batch {batch}, maze {args.maze_size}x"
+          f"{args.maze_size}, {args.episode_length} steps, hidden {args.hidden_size}, "
+          f"{args.threads} thread(s) on {args.device}; median of {args.episodes} timed "
+          f"episode(s) after {args.warmup} untimed")
+    print(f"{'seeds':>6} {'impl':>10} {'s/episode':>10} {'cpu s/ep':>9} {'agent-steps/s':>14} "
+          f"{'vs separate':>12} {'cpu vs sep.':>12}")
+    cfg = TrainConfig(agent=args.agent, batch_size=batch, hidden_size=args.hidden_size,
+                      maze_size=args.maze_size, episode_length=args.episode_length,
+                      warmup_episodes=0, meta_interval=args.meta_interval, threads=args.threads,
+                      episodes=10**6, device=args.device)
+    for size in args.population:
+        seeds = list(range(size))
+        with tempfile.TemporaryDirectory() as tmp:
+            population = PopulationTrainer.create(cfg, seeds, [f"{tmp}/p{s}" for s in seeds])
+            separate = [Trainer(dataclasses.replace(cfg, seed=s), f"{tmp}/s{s}") for s in seeds]
+
+            def one_by_one(runs: list[Trainer] = separate) -> None:
+                for run in runs:
+                    run.train_episode()
+
+            results = time_interleaved({"population": population.train_episode,
+                                        "separate": one_by_one}, args.warmup, args.episodes,
+                                       torch.device(args.device))
+            population.close()
+            for run in separate:
+                run.close()
+        steps = size * batch * args.episode_length
+        sep_wall, sep_cpu = results["separate"]
+        for name, (wall, cpu) in results.items():
+            print(f"{size:>6} {name:>10} {wall:>10.3f} {cpu:>9.3f} {steps / wall:>14.0f} "
+                  f"{sep_wall / wall:>11.2f}x {sep_cpu / cpu:>11.2f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[30, 1024])
@@ -285,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="replayed pairs per warp step for --objectives (2)")
     parser.add_argument("--intervals", type=int, default=2,
                         help="timed warp intervals per objective (2)")
+    parser.add_argument("--population", type=int, nargs="+", default=None, metavar="S",
+                        help="measure population training instead: S seeds in one process "
+                        "against S separate runs, for each S (e.g. 1 3 10 30), agent --agent, "
+                        "at the first --batch-sizes")
     parser.add_argument("--one-objective", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one_objective is not None:
@@ -292,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         print(json.dumps(one_objective(args)))
+        return
+    if args.population is not None:
+        torch.set_num_threads(args.threads)
+        population_costs(args)
         return
     if args.objectives is not None:
         args.objectives = args.objectives or ["two_timescale", "algorithm2", "algorithm2_detached"]

@@ -5,6 +5,7 @@
     python scripts/train_maze.py --paper --agent warp_identity_orth --meta-interval 5
     python scripts/train_maze.py --paper --agent lstm --seed 1 --out runs/lstm1
     python scripts/train_maze.py --paper --out runs/lstm1 --resume --episodes 20000
+    python scripts/train_maze.py --paper --agent lstm --seeds 0 1 2 --out runs/lstm   # population
 
 Writes to --out: log.csv (one row per episode), checkpoint.pt (at the start, every
 --checkpoint-every episodes and at the end; atomic, the one before kept as checkpoint.prev.pt),
@@ -13,6 +14,12 @@ run on the same folder is refused (warp_rl/runs.py, docs/DESIGN.md).
 --resume continues the run in --out exactly where its checkpoint left off; only --episodes
 (not fewer than done), --checkpoint-every, --threads and --device may differ from the original
 run. Refused flags, paths and files exit with code 2, a non-finite loss with code 3.
+
+--seeds S1 S2 ... trains one run per seed in one process (agents/population.py): the agents'
+arithmetic is batched over the seeds, every other part (clipping, optimisers, warp objective,
+log, checkpoint) is each run's own, and each seed's run is written to OUT/seed<S> as an
+ordinary run folder that can also be resumed on its own. The agents that support it are listed
+in docs/agent.md ("Many seeds in one process").
 
 On several processes, GPUs or nodes (docs/distributed.md):
 
@@ -89,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"agent to train (default: {DEFAULT_AGENT}, the recommended warp "
                    f"variant; with --paper: {PAPER_AGENT_NAME}, the published agent)")
     p.add_argument("--seed", type=int, help="seed of weights, mazes and actions (default: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train one run per seed in one process, as a population "
+                   "(agents/population.py): each seed's run goes to OUT/seed<SEED>, an ordinary "
+                   "run folder; OUT defaults to runs/maze/AGENT-population[-paper]. With "
+                   "--resume, continues those folders together")
     p.add_argument("--episodes", type=int, help="total training episodes")
     p.add_argument("--batch-size", type=int, help="mazes per episode")
     p.add_argument("--hidden-size", type=int, help="recurrent width")
@@ -149,6 +161,27 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--resume and --overwrite contradict each other; pick one")
     explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     agent = explicit.get("agent", PAPER_AGENT_NAME if args.paper else DEFAULT_AGENT)
+    if args.seeds is not None:
+        if args.seed is not None:
+            parser.error("--seed and --seeds contradict each other; pick one")
+        if distributed.world_size() > 1:
+            parser.error("--seeds trains a population in one process; it does not combine "
+                         "with torchrun")
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            parser.error(f"--seeds must be distinct integers >= 0; got {args.seeds}")
+        from agents.population import population_agents
+
+        if not args.resume and agent not in population_agents():
+            parser.error(f"agent {agent!r} cannot train as a population (--seeds); these can: "
+                         f"{', '.join(population_agents())}")
+        out = Path(args.out) if args.out is not None else Path("runs") / "maze" / (
+            f"{agent}-population" + ("-paper" if args.paper else ""))
+        try:
+            if args.out is not None:
+                runs.check_out_dir(args.out)
+            return _train_population(parser, args, out, explicit, agent)
+        except ValueError as err:  # runs.RunError included
+            parser.error(str(err))
     seed = explicit.get("seed", 0)
     out = Path(args.out) if args.out is not None else Path("runs") / "maze" / (
         f"{agent}-seed{seed}" + ("-paper" if args.paper else ""))
@@ -167,35 +200,46 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lock.release()
 
 
+def _resume_overrides(args: argparse.Namespace, explicit: dict, out: Path) -> dict:
+    """The settings a ``--resume`` of the run in ``out`` passes on (see the module docstring)."""
+    overrides = dict(explicit)
+    if args.paper:  # --paper on resume only checks that the run used its settings
+        run_agent = explicit.get("agent") or load_checkpoint(
+            out / CHECKPOINT_NAME)["config"]["agent"]
+        overrides.update({k: v for k, v in paper_preset(run_agent).items()
+                          if k not in Trainer.RESUME_OVERRIDABLE and k not in explicit})
+    return overrides
+
+
+def _new_config(args: argparse.Namespace, explicit: dict, agent: str) -> TrainConfig:
+    preset = paper_preset(agent) if args.paper else QUICK
+    config = TrainConfig(**{**preset, "agent": agent, **explicit})
+    config.validate()
+    return config
+
+
+def _clear_out(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path) -> None:
+    """Refuse to start over a run in ``out`` unless ``--overwrite``; then clear it."""
+    existing = runs.existing_checkpoints(out / CHECKPOINT_NAME)
+    if existing and not args.overwrite:
+        parser.error(f"{out} already holds a run ({', '.join(existing)}); pass --resume to "
+                     "continue it, --overwrite to start over, or another --out")
+    runs.remove_checkpoint(out / CHECKPOINT_NAME)
+    for name in (LOG_NAME, CURVE_NAME, runs.CONFIG_NAME):
+        (out / name).unlink(missing_ok=True)
+
+
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
            explicit: dict, agent: str) -> int:
     """Build or resume the trainer in ``out`` (locked) and train."""
     main_rank = distributed.is_main()
     try:
         if args.resume:
-            overrides = dict(explicit)
-            if args.paper:  # --paper on resume only checks that the run used its settings
-                run_agent = explicit.get("agent") or load_checkpoint(
-                    out / CHECKPOINT_NAME)["config"]["agent"]
-                overrides.update({k: v for k, v in paper_preset(run_agent).items()
-                                  if k not in Trainer.RESUME_OVERRIDABLE and k not in explicit})
-            trainer = Trainer.resume(out, overrides)
+            trainer = Trainer.resume(out, _resume_overrides(args, explicit, out))
         else:
-            preset = paper_preset(agent) if args.paper else QUICK
-            config = TrainConfig(**{**preset, "agent": agent, **explicit})
-            config.validate()
-
-            def clear_out() -> None:
-                existing = runs.existing_checkpoints(out / CHECKPOINT_NAME)
-                if existing and not args.overwrite:
-                    parser.error(f"{out} already holds a run ({', '.join(existing)}); pass "
-                                 "--resume to continue it, --overwrite to start over, or another "
-                                 "--out")
-                runs.remove_checkpoint(out / CHECKPOINT_NAME)
-                for name in (LOG_NAME, CURVE_NAME, runs.CONFIG_NAME):
-                    (out / name).unlink(missing_ok=True)
-
-            distributed.run_on_rank0(clear_out)  # rank 0's folder decides, for every rank
+            config = _new_config(args, explicit, agent)
+            # rank 0's folder decides, for every rank
+            distributed.run_on_rank0(lambda: _clear_out(parser, args, out))
             trainer = Trainer(config, out)
     except FileNotFoundError as err:  # runs.NoCheckpointError
         parser.error(f"{err}; nothing to resume in {out} (start without --resume)")
@@ -223,13 +267,72 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
     finally:
         trainer.close()
 
-    if not main_rank:
-        return 0
+    if main_rank:
+        _summarise(args, config, out)
+    return 0
+
+
+def _train_population(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
+                      explicit: dict, agent: str) -> int:
+    """Build or resume one run per ``--seeds`` in ``out/seed<S>`` and train them together."""
+    folders = [out / f"seed{seed}" for seed in args.seeds]
+    locks = []  # every folder's lock, held until the end (the runs share them)
+    try:
+        for folder in folders:
+            locks.append(runs.acquire_lock(folder))
+        return _train_locked_population(parser, args, out, explicit, agent, folders)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train_locked_population(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                             out: Path, explicit: dict, agent: str, folders: list[Path]) -> int:
+    from agents.population import PopulationTrainer
+
+    try:
+        if args.resume:
+            population = PopulationTrainer.resume(
+                folders, _resume_overrides(args, explicit, folders[0]))
+        else:
+            config = _new_config(args, explicit, agent)
+            for folder in folders:
+                _clear_out(parser, args, folder)
+            population = PopulationTrainer.create(config, args.seeds, folders)
+    except FileNotFoundError as err:  # runs.NoCheckpointError
+        parser.error(f"{err}; nothing to resume (start without --resume)")
+
+    config = population.config
+    for run in population.runs:
+        runs.write_json(run.out_dir / runs.CONFIG_NAME, dataclasses.asdict(run.config))
+    print(f"training {config.agent} (seeds {' '.join(map(str, args.seeds))}, one population) "
+          f"for {config.episodes} episodes of {config.batch_size} mazes "
+          f"{config.maze_size}x{config.maze_size}, {config.episode_length} steps, on "
+          f"{config.device}; writing to {out}/seed<S>"
+          + (f"; resuming at episode {population.episode}" if args.resume else ""))
+    try:
+        population.train(progress=not args.quiet)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume --seeds {' '.join(map(str, args.seeds))} "
+              f"--out {out} (from the last checkpoints)", file=sys.stderr)
+        return 130
+    finally:
+        population.close()
+    for run in population.runs:
+        _summarise(args, run.config, run.out_dir)
+    return 0
+
+
+def _summarise(args: argparse.Namespace, config: TrainConfig, out: Path) -> None:
+    """Print a finished run's closing lines and draw its learning curve."""
     log = read_log(out / LOG_NAME)
     last = log["reward_mean"][-100:]
     random_reward = random_play_reward(config)
-    print(f"mean reward per episode over the last {len(last)} episodes: {np.mean(last):.1f} "
-          f"(random play: {random_reward:.1f}); "
+    print(f"seed {config.seed}: mean reward per episode over the last {len(last)} episodes: "
+          f"{np.mean(last):.1f} (random play: {random_reward:.1f}); "
           f"{np.mean(log['rollout_s'] + log['update_s']):.3f} s/episode")
     if not args.no_plot:
         title = (f"{config.agent}, {config.maze_size}x{config.maze_size}, batch "
@@ -237,7 +340,6 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
         save_learning_curve(out / LOG_NAME, out / CURVE_NAME, title, random_reward)
         print(f"learning curve: {out / CURVE_NAME}")
     print(f"checkpoint: {out / CHECKPOINT_NAME}")
-    return 0
 
 
 if __name__ == "__main__":
