@@ -305,9 +305,36 @@ def population_costs(args: argparse.Namespace) -> None:
                 run.close()
         steps = size * batch * args.episode_length
         sep_wall, sep_cpu = results["separate"]
+        if args.profile:
+            profile_population(cfg, size)
         for name, (wall, cpu) in results.items():
             print(f"{size:>6} {name:>10} {wall:>10.3f} {cpu:>9.3f} {steps / wall:>14.0f} "
                   f"{sep_wall / wall:>11.2f}x {sep_cpu / cpu:>11.2f}x", flush=True)
+
+
+def profile_population(cfg: TrainConfig, size: int, top: int = 8) -> None:
+    """Where one population episode of ``size`` seeds spends its CPU time: the matrix products
+    (arithmetic that batching over seeds cannot shrink) against everything else (per-operation
+    overhead, which it can), and the ``top`` operations by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from agents.population import PopulationTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        population = PopulationTrainer.create(cfg, list(range(size)),
+                                              [f"{tmp}/p{s}" for s in range(size)])
+        population.train_episode()  # untimed: first touch
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            population.train_episode()
+        population.close()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events
+                 if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"))
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    print(f"{'':>6} profile of {size} seed(s): matrix products {100 * matmul / total:.0f}% of "
+          f"{total / 1e6:.3f} s; top: " + ", ".join(
+              f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in ranked))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -336,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure population training instead: S seeds in one process "
                         "against S separate runs, for each S (e.g. 1 3 10 30), agent --agent, "
                         "at the first --batch-sizes")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --population: also profile one population episode per S")
     parser.add_argument("--one-objective", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one_objective is not None:
