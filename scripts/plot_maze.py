@@ -48,6 +48,7 @@ from warp_rl.cli import positive_int as _positive_int
 
 LOG_NAME = "log.csv"
 LOG_NAMES = (LOG_NAME, LOG_NAME + ".gz")  # a run's log, plain or gzip-compressed (results/)
+LOG_PART_GLOB = "log.part*.csv.gz"  # or a long run's log cut in parts (results/; in order)
 CONFIG_NAMES = ("config.json", "args.json")
 # Accepted spellings of the three columns (ours first).
 EPISODE_COLUMNS = ("episode",)
@@ -85,9 +86,9 @@ def find_runs(path: Path) -> list[Path]:
             raise ValueError(f"{path} is a file but not a {' or '.join(LOG_NAMES)}; give run "
                              "folders")
         return [path.parent]
-    if any((path / name).is_file() for name in LOG_NAMES):
+    if any((path / name).is_file() for name in LOG_NAMES) or any(path.glob(LOG_PART_GLOB)):
         return [path]
-    found = sorted({p.parent for name in LOG_NAMES for p in path.rglob(name)})
+    found = sorted({p.parent for name in (*LOG_NAMES, LOG_PART_GLOB) for p in path.rglob(name)})
     if not found:
         raise FileNotFoundError(f"no {' or '.join(LOG_NAMES)} in {path} or any folder below it")
     return found
@@ -121,15 +122,26 @@ def _column(header: Sequence[str], accepted: Sequence[str], path: Path) -> int:
                      f"{', '.join(header)}")
 
 
+def _part_number(path: Path) -> int:
+    return int(path.name[len("log.part"):-len(".csv.gz")])
+
+
 def read_run(run_dir: Path, label: str | None = None) -> Run:
-    """Load ``run_dir/log.csv`` (or ``log.csv.gz``); ``label`` (or the recorded agent name)
-    names its agent."""
+    """Load ``run_dir/log.csv`` (or ``log.csv.gz``, or the parts ``log.part0.csv.gz``,
+    ``log.part1.csv.gz``, ... of a long run, each with the header, read in order); ``label``
+    (or the recorded agent name) names its agent."""
     path = run_dir / LOG_NAME
     if not path.is_file() and (run_dir / (LOG_NAME + ".gz")).is_file():
         path = run_dir / (LOG_NAME + ".gz")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:
-        rows = list(csv.reader(f))
+    parts = sorted(run_dir.glob(LOG_PART_GLOB), key=_part_number)
+    rows: list[list[str]] = []
+    for part in parts if parts and not path.is_file() else [path]:
+        opener = gzip.open if part.suffix == ".gz" else open
+        with opener(part, "rt", newline="") as f:
+            part_rows = list(csv.reader(f))
+        if rows and part_rows and part_rows[0] != rows[0]:
+            raise ValueError(f"{part}: its columns differ from those of the parts before it")
+        rows += part_rows if not rows else part_rows[1:]
     if not rows:
         raise ValueError(f"{path} is empty")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -142,6 +154,9 @@ def read_run(run_dir: Path, label: str | None = None) -> Run:
     data = data.reshape(-1, 3)
     if len(data) == 0:
         raise ValueError(f"{path} has a header but no episodes yet")
+    if parts and not np.array_equal(data[:, 0], np.arange(len(data))):
+        raise ValueError(f"{run_dir}: the parts of its log do not continue one another "
+                         "(episodes missing or repeated)")
     agent = label or agent_name(run_dir)
     if agent is None:
         raise ValueError(f"cannot tell the agent of {run_dir}: no config.json/args.json/"

@@ -147,6 +147,28 @@ def test_compressed_logs_give_the_same_table(runs, tmp_path):
     assert got == plain and "linear" in got and "flat" in got
 
 
+def test_a_log_in_parts_reads_as_the_whole_and_a_missing_part_is_refused(runs, tmp_path):
+    """Long runs are kept as log.part0.csv.gz, log.part1.csv.gz, ... (each with the header)."""
+    import gzip
+    import shutil
+
+    plain = plot_maze.main([str(runs / "all"), "--out", str(tmp_path / "a.png"), "--at", "500"])
+    parted = tmp_path / "parted"
+    shutil.copytree(runs / "all", parted)
+    for log in parted.rglob("log.csv"):
+        head, *body = log.read_text().splitlines(keepends=True)
+        for k in range(0, len(body), 80):  # parts 0..N, numbered past 9 to test the order
+            with gzip.open(log.with_name(f"log.part{k // 80}.csv.gz"), "wt") as dst:
+                dst.write(head + "".join(body[k:k + 80]))
+        log.unlink()
+    assert any(parted.rglob("log.part10.csv.gz"))
+    got = plot_maze.main([str(parted), "--out", str(tmp_path / "b.png"), "--at", "500"])
+    assert got == plain
+    next(parted.rglob("log.part3.csv.gz")).unlink()
+    with pytest.raises(SystemExit, match="do not continue one another"):
+        plot_maze.main([str(parted), "--out", str(tmp_path / "c.png")])
+
+
 def test_label_parent_groups_by_the_folder_above(runs, tmp_path):
     import shutil
 

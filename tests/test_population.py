@@ -20,7 +20,7 @@ import torch
 from agents import make_agent
 from agents.population import PopulationTrainer, population_agents
 from agents.trainer import LOG_FIELDS, TIMING_FIELDS, TrainConfig, Trainer, read_log
-from tests.script_loader import load_script
+from script_loader import load_script
 from warp_rl.utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
