@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 from agents import make_agent
 from agents.population import PopulationTrainer, population_agents
 from agents.trainer import LOG_FIELDS, TIMING_FIELDS, TrainConfig, Trainer, read_log
-from script_loader import load_script
 from warp_rl.utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,3 +150,19 @@ def test_refusals(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("agent", ["warp_identity_orth", "lstm"])
+def test_cuda_population_matches_separate_runs(tmp_path, agent):
+    config = TrainConfig(agent=agent, device="cuda", **TINY)
+    population = PopulationTrainer.create(config, SEEDS, [tmp_path / f"pop{s}" for s in SEEDS])
+    finish(population)
+    for member, seed in zip(population.runs, SEEDS, strict=True):
+        alone = Trainer(dataclasses.replace(config, seed=seed), tmp_path / f"alone{seed}")
+        finish(alone)
+        a = read_log(tmp_path / f"pop{seed}" / "log.csv")
+        b = read_log(tmp_path / f"alone{seed}" / "log.csv")
+        np.testing.assert_array_equal(a["reward_mean"], b["reward_mean"])
+        for p, q in zip(member.agent.parameters(), alone.agent.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
