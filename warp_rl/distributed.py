@@ -119,16 +119,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-@contextlib.contextmanager
-def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[bool]:
-    """``with process_group(t) as distributed:``: :func:`init_from_env`, then :func:`shutdown`
-    however the block ends."""
-    try:
-        yield init_from_env(timeout_s)
-    finally:
-        shutdown()
-
-
 # ------------------------------------------------------------------------------------------------
 # Where am I
 # ------------------------------------------------------------------------------------------------
