@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from agents.base import RecurrentAgent, State
+from agents.base import RecurrentAgent, RecurrentState
 
 # name -> "module:Class"; imported lazily so that one agent's module never costs another's.
 AGENTS: dict[str, str] = {
@@ -34,4 +34,4 @@ def make_agent(name: str, obs_dim: int, num_actions: int, hidden_size: int = 100
     return cls(obs_dim=obs_dim, num_actions=num_actions, hidden_size=hidden_size, **kwargs)
 
 
-__all__ = ["AGENTS", "RecurrentAgent", "State", "make_agent"]
+__all__ = ["AGENTS", "RecurrentAgent", "RecurrentState", "make_agent"]

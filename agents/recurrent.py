@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, State
+from agents.base import RecurrentAgent, RecurrentState
 
 
 def _check_sizes(obs_dim: int, num_actions: int, hidden_size: int) -> None:
@@ -48,13 +48,14 @@ class RNNAgent(RecurrentAgent):
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """Zeros ``(batch_size, hidden_size)``."""
         return (torch.zeros(batch_size, self.hidden_size, device=device),)
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, obs_dim)`` -> logits ``(B, A)``, value ``(B,)``, ``(h,)``."""
         _check_obs(self, obs)
         (h,) = state
@@ -80,14 +81,15 @@ class LSTMAgent(RecurrentAgent):
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """``(h, c)``: zeros ``(batch_size, hidden_size)`` each."""
         zeros = torch.zeros(batch_size, self.hidden_size, device=device)
         return (zeros, zeros.clone())
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, obs_dim)`` -> logits ``(B, A)``, value ``(B,)``, ``(h, c)``."""
         _check_obs(self, obs)
         h, c = self.cell(obs, state)

@@ -45,13 +45,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import train_maze_sb3
 
+    from warp_rl.runs import LOG_NAME
+
     seconds: dict[str, float] = {}
     rewards: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags) in enumerate(VARIANTS.items()):
             out = train_maze_sb3.main([*SETTINGS, *flags, "--episodes", str(args.rounds),
                                        "--out", str(Path(tmp) / str(i))])
-            with open(out / "log.csv", newline="") as f:
+            with open(out / LOG_NAME, newline="") as f:
                 rows = list(csv.DictReader(f))
             wall = [float(r["wall_s"]) for r in rows]
             seconds[name] = (wall[-1] - wall[0]) / (len(wall) - 1)

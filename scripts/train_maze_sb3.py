@@ -73,13 +73,11 @@ from warp_rl import runs
 from warp_rl.cli import nonneg_int as _nonneg_int
 from warp_rl.cli import positive_float as _positive_float
 from warp_rl.cli import positive_int as _positive_int
+from warp_rl.runs import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME
 
 ALGOS = ("recurrent_ppo", "a2c")
 ENV_ID = "WarpMaze-v0"
-LOG_NAME = "log.csv"
-CONFIG_NAME = "config.json"
 MODEL_NAME = "model.zip"
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 """2: tensors and plain data (``weights_only=True``); format 1 was a pickle and is refused."""
 RUN_KEYS = ("algo", "seed", "n_envs", "hidden", "n_stack", "n_steps", "batch_size", "n_epochs",

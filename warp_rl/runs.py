@@ -71,6 +71,13 @@ EXIT_NONFINITE = 3
 """Exit code of a run stopped by a non-finite loss or parameter."""
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
+"""Every trainer's settings file in its run folder (strict JSON, :func:`write_json`)."""
+CHECKPOINT_NAME = "checkpoint.pt"
+"""Every trainer's checkpoint in its run folder (:func:`save_checkpoint`); the previous one is
+``checkpoint.prev.pt``."""
+LOG_NAME = "log.csv"
+"""The maze trainers' per-episode log (``agents.trainer`` and ``scripts/train_maze_sb3.py``, one
+row per episode of the batch of mazes, :class:`CsvLog`), which ``scripts/plot_maze.py`` reads."""
 
 
 # ------------------------------------------------------------------------------------------------

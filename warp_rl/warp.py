@@ -26,17 +26,15 @@ not see).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from warp_rl.buffer import ReplayBuffer, State
-from warp_rl.partition import Partition, partition
+from warp_rl.partition import Partition, Selector, partition
 from warp_rl.updaters import DualUpdater, MetaUpdateInfo
-
-Selector = Sequence[nn.Module] | Callable[[str], bool]
 
 
 class Warp(nn.Module):

@@ -469,7 +469,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
     if main_rank and args.warp_layers == 1 and args.warp_filters != WARP_FILTERS_DEFAULT:
         print(f"note: --warp-filters {args.warp_filters} changes nothing with --warp-layers 1 "
               "(the only warp layer of a block has --num-filters channels)", file=sys.stderr)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = out / runs.CHECKPOINT_NAME
 
     def check_out() -> None:
         existing = runs.existing_checkpoints(ckpt_path)
@@ -555,7 +555,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
             with open(out / "val.csv", newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
             last_val = rows[-1]["test_acc"] if rows else ""
-        runs.write_json(out / "config.json", {
+        runs.write_json(out / runs.CONFIG_NAME, {
             **config, "split": {"train": split.train, "val": split.val, "test": split.test},
             "data_source": data.source, "data_fingerprint": fingerprint})
 
