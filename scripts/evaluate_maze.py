@@ -18,74 +18,86 @@ import argparse
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs
-from agents.base import RecurrentAgent
-from agents.trainer import CHECKPOINT_NAME, TrainConfig, load_agent
+# Only torch-free modules here, so that --help answers at once; torch, the environments and the
+# trainer are imported where they are used, after the arguments are parsed.
+from warp_rl.runs import CHECKPOINT_NAME
 from warp_rl.utils import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from agents.base import RecurrentAgent
+    from agents.trainer import TrainConfig
 
 MAX_SEED = 2**63 - 1
 
 
-@torch.no_grad()
 def evaluate(agent: RecurrentAgent, config: TrainConfig, episodes: int, batch_size: int,
              seed: int, deterministic: bool = False) -> np.ndarray:
     """Total reward of each of ``episodes`` episodes, ``(episodes,)`` float64.
 
     Runs ``ceil(episodes / batch_size)`` batches of mazes on ``envs.WarpMazeVectorEnv``.
     """
-    device = next(agent.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    totals = []
-    for k in range(-(-episodes // batch_size)):
-        n = min(batch_size, episodes - k * batch_size)
-        venv = envs.WarpMazeVectorEnv(n, size=config.maze_size,
-                                      episode_length=config.episode_length)
-        obs, _ = venv.reset(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
-        state = agent.initial_state(n, device)
-        total = np.zeros(n)
-        for _ in range(config.episode_length):
-            logits, _, state = agent(torch.as_tensor(obs, device=device), state)
-            if deterministic:
-                actions = logits.argmax(-1)
-            else:
-                actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-            obs, reward, _, _, _ = venv.step(actions.cpu().numpy())
-            total += reward
-        totals.append(total)
-    return np.concatenate(totals)
+    import torch
+
+    import envs
+
+    with torch.no_grad():
+        device = next(agent.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        totals = []
+        for k in range(-(-episodes // batch_size)):
+            n = min(batch_size, episodes - k * batch_size)
+            venv = envs.WarpMazeVectorEnv(n, size=config.maze_size,
+                                          episode_length=config.episode_length)
+            obs, _ = venv.reset(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+            state = agent.initial_state(n, device)
+            total = np.zeros(n)
+            for _ in range(config.episode_length):
+                logits, _, state = agent(torch.as_tensor(obs, device=device), state)
+                if deterministic:
+                    actions = logits.argmax(-1)
+                else:
+                    actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                obs, reward, _, _, _ = venv.step(actions.cpu().numpy())
+                total += reward
+            totals.append(total)
+        return np.concatenate(totals)
 
 
-@torch.no_grad()
 def record_episode(agent: RecurrentAgent, config: TrainConfig, seed: int,
                    deterministic: bool = False) -> tuple[list[np.ndarray], float]:
     """Frames (uint8 ``(H, W, 3)``, one per step plus the start) and total reward of one
     episode on a single ``envs.WarpMazeEnv``."""
-    device = next(agent.parameters()).device
-    env = envs.WarpMazeEnv(size=config.maze_size, episode_length=config.episode_length,
-                           render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    state = agent.initial_state(1, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    frames, total = [env.render()], 0.0
-    for _ in range(config.episode_length):
-        logits, _, state = agent(torch.as_tensor(obs, device=device)[None], state)
-        if deterministic:
-            action = int(logits.argmax(-1))
-        else:
-            action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        frames.append(env.render())
-        if terminated or truncated:
-            break
-    env.close()
-    return frames, total
+    import torch
+
+    import envs
+
+    with torch.no_grad():
+        device = next(agent.parameters()).device
+        env = envs.WarpMazeEnv(size=config.maze_size, episode_length=config.episode_length,
+                               render_mode="rgb_array")
+        obs, _ = env.reset(seed=seed)
+        state = agent.initial_state(1, device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        frames, total = [env.render()], 0.0
+        for _ in range(config.episode_length):
+            logits, _, state = agent(torch.as_tensor(obs, device=device)[None], state)
+            if deterministic:
+                action = int(logits.argmax(-1))
+            else:
+                action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+        env.close()
+        return frames, total
 
 
 def save_gif(frames: list[np.ndarray], path: Path, fps: int = 8) -> None:
@@ -112,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gif", action="store_true", help="do not record an episode")
     p.add_argument("--fps", type=int, default=8, help="GIF frames per second")
     args = p.parse_args(argv)
+    import torch
+
+    from agents.trainer import load_agent
+
     for name in ("episodes", "batch_size", "fps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")

@@ -15,15 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, not installed
 
-from warp_rl.omniglot.plots import collect_runs, plot_comparison, table
-from warp_rl.utils import atomic_write_text
-
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run folders (or folders of run folders)")
     p.add_argument("--out", default="runs/omniglot/comparison.png", help="figure path")
     args = p.parse_args(argv)
+    from warp_rl.omniglot.plots import collect_runs, plot_comparison, table  # matplotlib
+    from warp_rl.utils import atomic_write_text
+
     dirs: list[Path] = []
     for r in map(Path, args.runs):
         dirs += [r] if (r / "test.json").is_file() else sorted(d for d in r.glob("*/"))

@@ -29,25 +29,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents import AGENTS
-from agents.trainer import (
-    CHECKPOINT_NAME,
-    CURVE_NAME,
-    LOG_NAME,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    load_checkpoint,
-    random_play_reward,
-    read_log,
-    save_learning_curve,
-)
-from agents.warp_objectives import WARP_OBJECTIVES
-from warp_rl import distributed, runs
+# Only torch-free modules here, so that --help answers at once; torch comes with the trainer,
+# imported where it is used, after the arguments are parsed.
+from agents import AGENTS, WARP_OBJECTIVE_NAMES
+from warp_rl import runs
+from warp_rl.cli import DIST_TIMEOUT_S
+from warp_rl.runs import CHECKPOINT_NAME, LOG_NAME
 
 # The agent of the main job (the recommended warp variant, docs/agent.md), and the published
 # agent that --paper selects when no --agent is given.
@@ -98,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-episodes", type=int, help="first episodes without any step")
     p.add_argument("--maze-size", type=int, help="odd side of the square maze")
     p.add_argument("--episode-length", type=int, help="steps per episode")
-    p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVES),
+    p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVE_NAMES),
                    help="how the warp weights are meta-learned: two_timescale (the paper's "
                    "schedule, default), algorithm2 (WarpGrad's Algorithm 2 on replayed episode "
                    "pairs) or algorithm2_detached (algorithm2 without the second-order term)")
@@ -118,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in --out even if it holds a run")
     p.add_argument("--no-plot", action="store_true", help="skip the learning-curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+    p.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S,
                    help="under torchrun: seconds a rank waits for the others in a collective "
                    "before failing with an error (default: %(default)g)")
     return p
@@ -127,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from warp_rl import distributed
+
     try:
         distributed.init_from_env(args.dist_timeout)  # no-op without torchrun
     except ValueError as err:
@@ -142,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Train as ``args`` say (on this rank, under torchrun; rank 0 alone writes and prints)."""
+    from warp_rl import distributed
+
     main_rank = distributed.is_main()
     if not main_rank:  # every rank reaches the same errors; only rank 0 prints them
         parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
@@ -170,6 +163,20 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
            explicit: dict, agent: str) -> int:
     """Build or resume the trainer in ``out`` (locked) and train."""
+    import numpy as np
+
+    from agents.trainer import (
+        CURVE_NAME,
+        NonFiniteLossError,
+        TrainConfig,
+        Trainer,
+        load_checkpoint,
+        random_play_reward,
+        read_log,
+        save_learning_curve,
+    )
+    from warp_rl import distributed
+
     main_rank = distributed.is_main()
     try:
         if args.resume:

@@ -170,3 +170,23 @@ def test_every_warp_rl_module_imports_on_its_own() -> None:
     done = subprocess.run([sys.executable, "-c", code, *_modules("warp_rl")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_package_imports_its_names_on_first_use() -> None:
+    """``import warp_rl`` loads no torch; every name of ``warp_rl.__all__`` resolves, and
+    ``warp_rl.partition`` stays the function after its submodule is imported."""
+    code = (
+        "import sys, types\n"
+        "import warp_rl\n"
+        "assert 'torch' not in sys.modules, 'import warp_rl loaded torch'\n"
+        "import warp_rl.partition, warp_rl.warp\n"
+        "from warp_rl.partition import partition\n"
+        "assert warp_rl.partition is partition, warp_rl.partition\n"
+        "for name in warp_rl.__all__:\n"
+        "    getattr(warp_rl, name)\n"
+        "assert isinstance(warp_rl.objectives, types.ModuleType)\n"
+        "assert sorted(warp_rl.__all__) == sorted(set(dir(warp_rl)) & set(warp_rl.__all__))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

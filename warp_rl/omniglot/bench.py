@@ -16,11 +16,7 @@ import argparse
 import json
 import time
 
-import torch
-
-from .data import load_omniglot
-from .meta_learners import METHODS, OptimConfig, _synchronize, make_learner
-from .tasks import TaskPool, split_alphabets
+from .cli import METHODS  # torch-free: the rest is imported after the arguments are parsed
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -40,6 +36,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
+    import torch
+
+    from .data import load_omniglot
+    from .meta_learners import OptimConfig, _synchronize, make_learner
+    from .tasks import TaskPool, split_alphabets
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
