@@ -156,6 +156,15 @@ def import_algo(algo: str) -> type:
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
 
 
+def silent_logger() -> Any:
+    """An SB3 logger with no outputs and no folder. The run logs itself (``log.csv``); SB3's
+    own logger, at ``verbose=0``, prints nothing either but creates an empty ``SB3-<date>``
+    folder in the temp folder at every ``learn``."""
+    from stable_baselines3.common.logger import Logger
+
+    return Logger(folder=None, output_formats=[])
+
+
 def sb3_model_bytes(model: Any) -> bytes:
     """``model.save`` into memory: what ``model.zip`` holds."""
     buf = io.BytesIO()
@@ -410,6 +419,7 @@ def _train_locked(args: argparse.Namespace, algo_cls: type, out: Path) -> Path:
         for name in (LOG_NAME, MODEL_NAME, CONFIG_NAME):
             (out / name).unlink(missing_ok=True)
         model = algo_cls(policy, build_env(args), **kwargs)
+    model.set_logger(silent_logger())
     runs.write_json(out / CONFIG_NAME, config)
 
     total_rounds = math.ceil(timesteps / (args.n_envs * args.episode_length))
