@@ -16,7 +16,8 @@ barrier, run the timed ones, and meet again; rank 0 reports the wall time in bet
 Printed: maze agent-steps per second (mazes x steps per episode / seconds per episode, all
 ranks together) and seconds per Omniglot warp_leap meta-step, each with its ratio to the first
 configuration (above 1: faster). Omniglot uses ``--data-root`` (default: the shared data) or,
-when it is missing or with ``--synthetic``, generated alphabets of the same shape.
+when it is missing or with ``--synthetic``, generated alphabets of the same shape. The figures,
+with the commands and machines that gave them, are in docs/distributed.md.
 """
 
 from __future__ import annotations

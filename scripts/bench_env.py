@@ -17,8 +17,10 @@ loop baseline at the same N. Actions are drawn up front, so action sampling is n
 rows are timed by the process's CPU time (robust on a shared machine; ``--wall-clock`` to use
 wall time), rounds interleave the rows, and each row keeps its best round.
 
-    python scripts/bench_env.py                          # 3 rounds of 0.5 s per row, ~25 s
+    python scripts/bench_env.py                          # 3 rounds of 0.5 s per row
     python scripts/bench_env.py --seconds 0.1 --rounds 1  # a quick check
+
+The figures, with the command and machine that gave them, are in docs/envs.md ("Speed").
 """
 
 from __future__ import annotations

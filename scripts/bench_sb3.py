@@ -13,7 +13,9 @@ Seconds per round = (clock at the last round - clock at the first) / (rounds - 1
 state, a rollout and an update each, without start-up. The same seed gives the same rewards
 on all three (checked here)::
 
-    python scripts/bench_sb3.py              # 6 rounds each, about a minute on one core
+    python scripts/bench_sb3.py              # 6 rounds of each variant, one thread
+
+The figures, with the machine that gave them, are in docs/baselines.md.
 """
 
 from __future__ import annotations

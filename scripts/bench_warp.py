@@ -30,6 +30,9 @@ Usage::
     python scripts/bench_warp.py                      # full run on CPU (minutes)
     python scripts/bench_warp.py --ks 1 10 --speed-tasks 1 --speed-steps 5   # quick check
     python scripts/bench_warp.py --device cuda
+
+The figures, with the commands and machines that gave them, are in docs/warp.md ("Benchmark:
+memory and speed").
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ Algorithms (SB3 defaults unless a flag says otherwise):
 The mazes are stepped together by :class:`envs.sb3_vec_env.WarpMazeSB3VecEnv`, the
 numpy-batched ``WarpMaze-v0`` in SB3's ``VecEnv`` convention; ``--per-maze-envs`` uses SB3's
 ``make_vec_env`` instead (``n_envs`` ``gymnasium.make`` envs, each in a ``Monitor``, in a
-``DummyVecEnv``). ``scripts/bench_sb3.py`` times the three code paths: with the comparison's
-settings, 4.10 s per round with both flags, 1.57 s with ``--per-maze-envs`` only and 1.19 s
-with neither (3.43x) on the 2-core AMD EPYC machine.
+``DummyVecEnv``). ``scripts/bench_sb3.py`` times the three code paths (seconds per round of
+maze episodes, steady state, with the comparison's settings) and checks that they give the same
+rewards; its figures are in docs/baselines.md.
 
 Usage::
 

@@ -7,7 +7,8 @@ Each configuration builds a fresh learner (seed 0, the paper's settings otherwis
 the warp learners the time is split into adaptation (the tasks' SGD steps, states stored) and
 the meta-update (WarpGrad's Algorithm 2 over the stored states plus the Leap step). With fewer
 than 20 tasks per meta-step the table also gives the time scaled to 20 tasks (meta-step time is
-a sum over tasks: adaptation per task, and the meta-update per stored state).
+a sum over tasks: adaptation per task, and the meta-update per stored state). The figures, with
+the commands and machines that gave them, are in docs/omniglot.md.
 """
 
 from __future__ import annotations
