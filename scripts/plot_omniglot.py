@@ -1,10 +1,11 @@
-"""Compare Omniglot runs: a markdown table (mean +- std over seeds) and a figure.
+"""Compare Omniglot runs: a markdown table (mean +- std over runs) and a figure.
 
     python scripts/plot_omniglot.py runs/omniglot/* --out runs/omniglot/comparison.png
 
 Every folder given (or found one level below a folder given) that holds a finished run's
 test.json is grouped by its meta-model; the table goes to stdout and next to the figure
-(comparison.md).
+(comparison.md). Its ``runs`` column counts the runs of a method and ``seeds`` lists their
+distinct seeds: two runs of seed 0 are two runs of one seed.
 """
 
 from __future__ import annotations
