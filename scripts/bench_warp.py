@@ -297,8 +297,9 @@ def maml_memory(k: int, args: argparse.Namespace, device: torch.device) -> float
 # ---------------------------------------------------------------------------------------------
 
 
-def collect_states(args: argparse.Namespace, device: torch.device):
-    """Adapt ``speed_tasks`` tasks for ``speed_steps`` steps; return model, datasets, states."""
+def collect_states(args: argparse.Namespace, device: torch.device, png_folder: Path):
+    """Adapt ``speed_tasks`` tasks for ``speed_steps`` steps; return model, datasets, states.
+    With ``--baseline-data png`` the images are written to ``png_folder``."""
     import torch
     from torch import nn
 
@@ -308,8 +309,7 @@ def collect_states(args: argparse.Namespace, device: torch.device):
     datasets: list[AffineImages | PNGAffineImages] = [make_dataset(args.classes, 15, t)
                                                       for t in range(args.speed_tasks)]
     if args.baseline_data == "png":  # same images, read back from PNG files item by item
-        folder = Path(tempfile.mkdtemp(prefix="bench_warp_png_"))
-        datasets = [PNGAffineImages(ds.images, ds.labels, folder / f"task{t}")
+        datasets = [PNGAffineImages(ds.images, ds.labels, png_folder / f"task{t}")
                     for t, ds in enumerate(datasets)]
     updater = warp_rl.DualUpdater(nn.CrossEntropyLoss(), init_objective=None)
     model = warp_rl.Warp(net, adapt, warp, updater, warp_rl.ReplayBuffer(), step_size=args.lr)
@@ -442,20 +442,21 @@ def main() -> None:
                   f"MAML {last[2] / first[2]:.1f}x")
 
     if not args.skip_speed:
-        model, datasets, states = collect_states(args, device)
-        print(f"\nTime per replayed state of the meta-update ({len(states)} states, "
-              f"{args.speed_tasks} tasks, {args.baseline_data} data, "
-              f"DataLoader workers {args.workers})")
-        time_baseline(model, datasets, states[:2], args, device)  # warm-up
-        base = time_baseline(model, datasets, states, args, device)
-        print(f"{'method':<62} | {'ms/state':>8} | {'speed-up':>8}")
-        print(f"{'baseline (state_dict + new DataLoader per state)':<62} | {base * 1e3:>8.1f} | "
-              f"{1.0:>7.1f}x", flush=True)
-        for mbs in (1, args.meta_batch):
-            time_warpgrad(model, datasets, states[: min(mbs, 4)], args, device, mbs)  # warm-up
-            t, batching = time_warpgrad(model, datasets, states, args, device, mbs)
-            label = f"warp_rl, meta_batch_size={mbs} ({batching})"
-            print(f"{label:<62} | {t * 1e3:>8.1f} | {base / t:>7.1f}x", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_warp_png_") as png_folder:
+            model, datasets, states = collect_states(args, device, Path(png_folder))
+            print(f"\nTime per replayed state of the meta-update ({len(states)} states, "
+                  f"{args.speed_tasks} tasks, {args.baseline_data} data, "
+                  f"DataLoader workers {args.workers})")
+            time_baseline(model, datasets, states[:2], args, device)  # warm-up
+            base = time_baseline(model, datasets, states, args, device)
+            print(f"{'method':<62} | {'ms/state':>8} | {'speed-up':>8}")
+            label = "baseline (state_dict + new DataLoader per state)"
+            print(f"{label:<62} | {base * 1e3:>8.1f} | {1.0:>7.1f}x", flush=True)
+            for mbs in (1, args.meta_batch):
+                time_warpgrad(model, datasets, states[: min(mbs, 4)], args, device, mbs)  # warm-up
+                t, batching = time_warpgrad(model, datasets, states, args, device, mbs)
+                label = f"warp_rl, meta_batch_size={mbs} ({batching})"
+                print(f"{label:<62} | {t * 1e3:>8.1f} | {base / t:>7.1f}x", flush=True)
 
 
 if __name__ == "__main__":
