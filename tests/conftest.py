@@ -25,8 +25,11 @@ def pytest_configure(config: pytest.Config) -> None:
     ``~/.cache/warp_rl``, and ``/tmp/torchinductor_<user>``, which importing ``torch._dynamo``
     creates) go to pytest's cache folder, kept between sessions."""
     cache = getattr(config, "cache", None)
-    base = (Path(cache.mkdir("warp_rl")) if cache is not None  # -p no:cacheprovider: none
-            else Path(tempfile.mkdtemp(prefix="warp_rl-test-cache-")))
+    if cache is not None:
+        base = Path(cache.mkdir("warp_rl"))
+    else:  # -p no:cacheprovider: a temp folder for this session, removed at its end
+        base = Path(tempfile.mkdtemp(prefix="warp_rl-test-cache-"))
+        config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
     os.environ.setdefault("MPLCONFIGDIR", str(base / "matplotlib"))
     os.environ.setdefault("WARP_RL_CACHE", str(base / "cache"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "torchinductor"))
