@@ -1,13 +1,17 @@
 """Maze agents: the Warp-RNN A2C agent and the baselines it is compared with.
 
-``make_agent(name, ...)`` builds any of them by the name used by ``--agent``.
+``make_agent(name, ...)`` builds any of them by the name used by ``--agent``. Importing this
+package does not import torch (the agents' modules do, when an agent is built), so that the
+scripts' command lines answer ``--help`` without it.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from agents.base import RecurrentAgent, State
+if TYPE_CHECKING:
+    from agents.base import RecurrentAgent, RecurrentState
 
 # name -> "module:Class"; imported lazily so that one agent's module never costs another's.
 AGENTS: dict[str, str] = {
@@ -34,4 +38,17 @@ def make_agent(name: str, obs_dim: int, num_actions: int, hidden_size: int = 100
     return cls(obs_dim=obs_dim, num_actions=num_actions, hidden_size=hidden_size, **kwargs)
 
 
-__all__ = ["AGENTS", "RecurrentAgent", "State", "make_agent"]
+WARP_OBJECTIVE_NAMES: tuple[str, ...] = ("two_timescale", "algorithm2", "algorithm2_detached")
+"""The names of :data:`agents.warp_objectives.WARP_OBJECTIVES`, in its order, for the command
+line (``--warp-objective``) without importing torch; a test checks that the two agree."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RecurrentAgent", "RecurrentState"):  # agents.base imports torch: on first use
+        from agents import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")
+
+
+__all__ = ["AGENTS", "WARP_OBJECTIVE_NAMES", "RecurrentAgent", "RecurrentState", "make_agent"]

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, State
+from agents.base import RecurrentAgent, RecurrentState
 from agents.recurrent import _check_obs, _check_sizes
 
 Modulation = Literal["simple", "retroactive"]
@@ -83,7 +83,8 @@ class PlasticRNNCell(nn.Module):
     def retroactive(self) -> bool:
         return self.modulation == "retroactive"
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """``(h, hebb)`` or ``(h, hebb, eligibility)``: zeros ``(B, H)``, ``(B, H, H)``..."""
         H = self.hidden_size
         state = [torch.zeros(batch_size, H, device=device),
@@ -92,7 +93,8 @@ class PlasticRNNCell(nn.Module):
             state.append(torch.zeros(batch_size, H, H, device=device))
         return tuple(state)
 
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor,
+                state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """One step: ``x (B, input_size)`` -> ``h_t (B, H)`` and the next state."""
         expected = 3 if self.retroactive else 2
         if len(state) != expected:
@@ -147,13 +149,14 @@ class BackpropamineAgent(RecurrentAgent):
     def modulation(self) -> str:
         return self.cell.modulation
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """Zero activity and zero traces (see the class docstring for shapes)."""
         return self.cell.initial_state(batch_size, device)
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, obs_dim)`` -> logits ``(B, A)``, value ``(B,)``, next state."""
         _check_obs(self, obs)
         h, state = self.cell(obs, state)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-State = tuple[torch.Tensor, ...]
+RecurrentState = tuple[torch.Tensor, ...]
 """Recurrent state: a tuple of tensors whose first dimension is the batch."""
 
 
@@ -75,13 +75,14 @@ class RecurrentAgent(nn.Module, ABC):
         self.hidden_size = hidden_size
 
     @abstractmethod
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """The state at the start of an episode: tensors of shape ``(batch_size, ...)``."""
 
     @abstractmethod
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One time step.
 
         Args:
@@ -133,10 +134,10 @@ class RecurrentAgent(nn.Module, ABC):
     def predict(
         self,
         observation: np.ndarray,
-        state: State | None = None,
+        state: RecurrentState | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
-    ) -> tuple[np.ndarray, State]:
+    ) -> tuple[np.ndarray, RecurrentState]:
         """Choose actions in Stable-Baselines3's convention (usable by ``evaluate_policy``).
 
         Args:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, State, Unroller
+from agents.base import RecurrentAgent, RecurrentState, Unroller
 
 
 def _check_sizes(obs_dim: int, num_actions: int, hidden_size: int) -> None:
@@ -50,15 +50,16 @@ class RNNAgent(RecurrentAgent):
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """Zeros ``(batch_size, hidden_size)``."""
         weight = self.policy.weight
         return (torch.zeros(batch_size, self.hidden_size, dtype=weight.dtype,
                             device=weight.device if device is None else device),)
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, obs_dim)`` -> logits ``(B, A)``, value ``(B,)``, ``(h,)``."""
         _check_obs(self, obs)
         (h,) = state
@@ -90,7 +91,8 @@ class LSTMAgent(RecurrentAgent):
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """``(h, c)``: zeros ``(batch_size, hidden_size)`` each."""
         weight = self.policy.weight
         zeros = torch.zeros(batch_size, self.hidden_size, dtype=weight.dtype,
@@ -98,8 +100,8 @@ class LSTMAgent(RecurrentAgent):
         return (zeros, zeros.clone())
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, obs_dim)`` -> logits ``(B, A)``, value ``(B,)``, ``(h, c)``."""
         _check_obs(self, obs)
         h, c = self.cell(obs, state)

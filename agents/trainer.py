@@ -78,7 +78,9 @@ from agents.warp_objectives import (
     make_warp_objective,
 )
 from envs.batch_env import BatchEnv
+from envs.maze import NUM_ACTIONS
 from warp_rl import Partition, distributed, partition, runs
+from warp_rl.runs import CHECKPOINT_NAME, LOG_NAME
 from warp_rl.utils import (
     atomic_write_bytes,
     global_rng_states,
@@ -86,9 +88,6 @@ from warp_rl.utils import (
     set_global_rng_states,
 )
 
-NUM_ACTIONS = 4
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.csv"
 CURVE_NAME = "learning_curve.png"
 CHECKPOINT_FORMAT = 1
 CLIP_MODES = ("joint", "separate")

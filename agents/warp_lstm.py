@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from agents.base import State
+from agents.base import RecurrentState
 from agents.warp_rnn import FAST_INITS, GATE_FNS, WarpGatedAgent
 
 
@@ -110,13 +110,14 @@ class WarpLSTMAgent(WarpGatedAgent):
         if gates == "identity":
             nn.init.zeros_(self.gate_proj.weight)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """Zeros ``(h, c, lstm_h, lstm_c)``, each ``(batch_size, hidden_size)``."""
         return self._zero_state(4, batch_size, device)
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, D)`` -> logits ``(B, A)``, value ``(B,)``, next state."""
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs must have shape (B, {self.obs_dim}); got {tuple(obs.shape)}")

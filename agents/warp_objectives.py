@@ -43,9 +43,10 @@ episodes where clipping was active. Under ``torchrun`` each rank replays its own
 meta-gradients are averaged over the ranks before clipping.
 
 Adding an objective: subclass :class:`WarpObjective` (``record``, ``step``, ``state_dict``,
-``load_state_dict``) and add one line to :data:`WARP_OBJECTIVES`; ``--warp-objective NAME`` then
-selects it, and its ``state_dict`` goes into the trainer's checkpoint (tensors and plain data
-only), so ``--resume`` continues it exactly.
+``load_state_dict``), add one line to :data:`WARP_OBJECTIVES` and its name to
+:data:`agents.WARP_OBJECTIVE_NAMES` (the command line's list, kept free of torch; a test checks
+that the two agree); ``--warp-objective NAME`` then selects it, and its ``state_dict`` goes into
+the trainer's checkpoint (tensors and plain data only), so ``--resume`` continues it exactly.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from agents.base import AutogradUnroller, RecurrentAgent, State, Unroller
+from agents.base import AutogradUnroller, RecurrentAgent, RecurrentState, Unroller
 
 NUM_GATES_H = 4  # g_h, g_i, g_hh, g_b: the four gates of width ``hidden_size``
 GATE_FNS = ("tanh", "identity")  # g = tanh(P l) (published) or g = 1 + tanh(P l), P = 0 at start
@@ -125,7 +125,7 @@ class WarpGatedAgent(RecurrentAgent):
         return [self.cell, self.policy, self.value]
 
     def _zero_state(self, parts: int, batch_size: int,
-                    device: torch.device | str | None) -> State:
+                    device: torch.device | str | None) -> RecurrentState:
         weight = self.policy.weight
         zeros = torch.zeros(parts, batch_size, self.hidden_size, dtype=weight.dtype,
                             device=weight.device if device is None else device)
@@ -193,12 +193,13 @@ class WarpRNNAgent(WarpGatedAgent):
         self.fused_unroll = fused_unroll  # WarpRNNTape (True) or autograd through forward
         self._workspace: _TapeWorkspace | None = None  # the tape's buffers, reused
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+    def initial_state(self, batch_size: int,
+                      device: torch.device | str | None = None) -> RecurrentState:
         """Zeros: ``(h, lstm_h, lstm_c)``, each ``(batch_size, hidden_size)``."""
         return self._zero_state(3, batch_size, device)
 
     def gates(
-        self, obs: torch.Tensor, state: State
+        self, obs: torch.Tensor, state: RecurrentState
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
         """The five gates for this step and the gating LSTM's next ``(lstm_h, lstm_c)``.
 
@@ -209,8 +210,8 @@ class WarpRNNAgent(WarpGatedAgent):
         return self.warp_gates(obs, state[0], (state[1], state[2]))
 
     def forward(
-        self, obs: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        self, obs: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """One step: obs ``(B, D)`` -> logits ``(B, A)``, value ``(B,)``, next state."""
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs must have shape (B, {self.obs_dim}); got {tuple(obs.shape)}")

@@ -48,7 +48,6 @@ import numpy as np
 LAYOUTS: tuple[str, ...] = ("grid", "random")
 """Accepted values of the ``layout`` option."""
 
-ACTION_NAMES: tuple[str, ...] = ("up", "down", "left", "right")
 MOVES: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
 """``(d_row, d_col)`` of actions 0..3."""
 NUM_ACTIONS: int = 4
@@ -223,17 +222,6 @@ class ObsLayout:
 def obs_dim(view_size: int = 3) -> int:
     """Length of the observation vector: ``view_size**2 + 8`` (17 at the default)."""
     return ObsLayout(view_size).dim
-
-
-def window_of(walls: np.ndarray, cell: tuple[int, int], view_size: int) -> np.ndarray:
-    """The ``(view_size, view_size)`` bool window of ``walls (S, S)`` centred on ``cell``.
-
-    Cells outside the grid count as wall. A plain reference used by the single env and tests.
-    """
-    half = view_size // 2
-    padded = np.pad(np.asarray(walls, dtype=bool), half, constant_values=True)
-    row, col = cell
-    return padded[row:row + view_size, col:col + view_size]
 
 
 # --------------------------------------------------------------------------- layouts

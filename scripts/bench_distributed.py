@@ -16,7 +16,8 @@ barrier, run the timed ones, and meet again; rank 0 reports the wall time in bet
 Printed: maze agent-steps per second (mazes x steps per episode / seconds per episode, all
 ranks together) and seconds per Omniglot warp_leap meta-step, each with its ratio to the first
 configuration (above 1: faster). Omniglot uses ``--data-root`` (default: the shared data) or,
-when it is missing or with ``--synthetic``, generated alphabets of the same shape.
+when it is missing or with ``--synthetic``, generated alphabets of the same shape. The figures,
+with the commands and machines that gave them, are in docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -31,13 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.multiprocessing as mp
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.trainer import TrainConfig, Trainer
-from warp_rl import distributed
+# torch, the trainer and warp_rl.distributed are imported where they are used, after the
+# arguments are parsed, so that --help answers at once.
 
 
 def parse_config(text: str) -> tuple[int, int]:
@@ -88,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _timed(step, warmup: int, count: int) -> float:
     """Wall seconds of ``count`` calls of ``step`` after ``warmup`` untimed ones, between two
     barriers (so the slowest rank counts)."""
+    from warp_rl import distributed
+
     for _ in range(warmup):
         step()
     distributed.barrier()
@@ -99,6 +98,9 @@ def _timed(step, warmup: int, count: int) -> float:
 
 
 def maze_rank(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """One rank of the maze benchmark: agent-steps per second of ``Trainer.train_episode``."""
+    from agents.trainer import TrainConfig, Trainer
+
     config = TrainConfig(agent=args.agent, batch_size=args.batch_size, maze_size=args.maze_size,
                          episode_length=args.episode_length, hidden_size=args.hidden_size,
                          warmup_episodes=0, meta_interval=4, threads=threads,
@@ -112,6 +114,10 @@ def maze_rank(args: argparse.Namespace, threads: int) -> dict[str, Any]:
 
 
 def omniglot_rank(args: argparse.Namespace, threads: int, data_root: str) -> dict[str, Any]:
+    """One rank of the Omniglot benchmark: seconds per ``warp_leap`` meta-step."""
+    import torch
+
+    from warp_rl import distributed
     from warp_rl.omniglot.data import load_omniglot
     from warp_rl.omniglot.distributed import DataParallelLearner
     from warp_rl.omniglot.meta_learners import OptimConfig, make_learner
@@ -143,6 +149,10 @@ def omniglot_rank(args: argparse.Namespace, threads: int, data_root: str) -> dic
 
 def _rank_main(rank: int, world: int, port: int, threads: int, bench: str,
                args: argparse.Namespace, data_root: str, queue: Any) -> None:
+    import torch
+
+    from warp_rl import distributed
+
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -164,6 +174,8 @@ def _rank_main(rank: int, world: int, port: int, threads: int, bench: str,
 def run_config(bench: str, procs: int, threads: int, args: argparse.Namespace,
                data_root: str) -> dict[str, Any]:
     """Launch ``procs`` ranks of ``threads`` threads; rank 0's result."""
+    import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with socket.socket() as s:
@@ -184,6 +196,8 @@ def run_config(bench: str, procs: int, threads: int, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
     args.configs = [parse_config(c) if isinstance(c, str) else c for c in args.configs]
     for name in ("batch_size", "tasks"):
         for procs, _ in args.configs:

@@ -17,8 +17,10 @@ loop baseline at the same N. Actions are drawn up front, so action sampling is n
 rows are timed by the process's CPU time (robust on a shared machine; ``--wall-clock`` to use
 wall time), rounds interleave the rows, and each row keeps its best round.
 
-    python scripts/bench_env.py                          # 3 rounds of 0.5 s per row, ~25 s
+    python scripts/bench_env.py                          # 3 rounds of 0.5 s per row
     python scripts/bench_env.py --seconds 0.1 --rounds 1  # a quick check
+
+The figures, with the command and machine that gave them, are in docs/envs.md ("Speed").
 """
 
 from __future__ import annotations
@@ -35,14 +37,11 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import envs  # noqa: E402
-from envs.maze import grid_walls  # noqa: E402
+# gymnasium, torch and the mazes (envs) are imported where they are used, after the arguments
+# are parsed, so that --help answers at once.
 
 
 class LoopMazes:
@@ -54,6 +53,8 @@ class LoopMazes:
     """
 
     def __init__(self, n: int, size: int = 13, episode_length: int = 200, seed: int = 0) -> None:
+        from envs.maze import grid_walls
+
         self.n, self.size, self.episode_length = n, size, episode_length
         self.lab = grid_walls(size).astype(np.int64)  # 1 = wall
         self.rfsize = 3
@@ -141,6 +142,10 @@ Step = Callable[[int], None]
 
 
 def make_single(actions: np.ndarray) -> Step:
+    import gymnasium
+
+    import envs  # noqa: F401  (registers WarpMaze-v0)
+
     env = gymnasium.make("WarpMaze-v0")
     env.reset(seed=0)
     acts = [int(a) for a in actions[:, 0]]
@@ -154,18 +159,30 @@ def make_single(actions: np.ndarray) -> Step:
 
 
 def make_sync(n: int, actions: np.ndarray) -> Step:
+    import gymnasium
+
+    import envs  # noqa: F401  (registers WarpMaze-v0)
+
     vec = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make("WarpMaze-v0")] * n)
     vec.reset(seed=0)
     return lambda i: vec.step(actions[i % len(actions), :n])
 
 
 def make_vector(n: int, actions: np.ndarray) -> Step:
+    import gymnasium
+
+    import envs  # noqa: F401  (registers WarpMaze-v0)
+
     vec = gymnasium.make_vec("WarpMaze-v0", num_envs=n)
     vec.reset(seed=0)
     return lambda i: vec.step(actions[i % len(actions), :n])
 
 
 def make_torch(n: int, actions: np.ndarray, device: str) -> Step:
+    import torch
+
+    import envs
+
     batch = envs.TorchMazeBatch(n, device=device, validate_actions=False)
     batch.reset(seed=0)
     acts = torch.as_tensor(actions[:, :n], device=device)
@@ -206,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-devices", nargs="+", default=["cpu"],
                         help="devices for TorchMazeBatch rows, e.g. cpu cuda")
     args = parser.parse_args(argv)
+    import gymnasium
+    import torch
+
     if args.seconds <= 0 or args.rounds < 1 or min(args.sizes + args.sync_sizes) < 1:
         parser.error("--seconds must be > 0, --rounds >= 1 and every size >= 1")
     torch.set_num_threads(1)

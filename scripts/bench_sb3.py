@@ -13,7 +13,9 @@ Seconds per round = (clock at the last round - clock at the first) / (rounds - 1
 state, a rollout and an update each, without start-up. The same seed gives the same rewards
 on all three (checked here)::
 
-    python scripts/bench_sb3.py              # 6 rounds each, about a minute on one core
+    python scripts/bench_sb3.py              # 6 rounds of each variant, one thread
+
+The figures, with the machine that gave them, are in docs/baselines.md.
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import train_maze_sb3
 
+    from warp_rl.runs import LOG_NAME
+
     seconds: dict[str, float] = {}
     rewards: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags) in enumerate(VARIANTS.items()):
             out = train_maze_sb3.main([*SETTINGS, *flags, "--episodes", str(args.rounds),
                                        "--out", str(Path(tmp) / str(i))])
-            with open(out / "log.csv", newline="") as f:
+            with open(out / LOG_NAME, newline="") as f:
                 rows = list(csv.DictReader(f))
             wall = [float(r["wall_s"]) for r in rows]
             seconds[name] = (wall[-1] - wall[0]) / (len(wall) - 1)

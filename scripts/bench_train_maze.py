@@ -45,14 +45,18 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# torch and the trainer are imported where they are used, after the arguments are parsed, so
+# that --help answers at once.
+if TYPE_CHECKING:
+    import torch
 
-from agents.trainer import TrainConfig, Trainer
-from agents.warp_rnn import WarpRNNAgent
+    from agents.trainer import TrainConfig
+    from agents.warp_rnn import WarpRNNAgent
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,6 +133,8 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
                            warp_params: list[torch.nn.Parameter], warp_sum: list[torch.Tensor],
                            episode: int, cfg: TrainConfig) -> float:
     """One training episode in the original style; same model, loss and optimiser schedule."""
+    import torch
+
     b, steps, device = mazes.batch_size, cfg.episode_length, torch.device(cfg.device)
     mazes.reset()
     state = agent.initial_state(b, device)
@@ -170,6 +176,10 @@ def original_style_episode(agent: WarpRNNAgent, mazes: OriginalStyleMazes,
 
 def original_runner(cfg: TrainConfig) -> Callable[[], None]:
     """One training episode of the original style per call."""
+    import torch
+
+    from agents.warp_rnn import WarpRNNAgent
+
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     agent = WarpRNNAgent(17, 4, cfg.hidden_size).to(device)
@@ -191,6 +201,8 @@ def original_runner(cfg: TrainConfig) -> Callable[[], None]:
 def trainer_runner(cfg: TrainConfig, out: str, fused: bool = True) -> Callable[[], None]:
     """One :meth:`agents.trainer.Trainer.train_episode` per call; ``fused=False`` trains
     through autograd per step instead of the Warp-RNN's fused tape."""
+    from agents.trainer import Trainer
+
     trainer = Trainer(cfg, out)
     trainer.agent.fused_unroll = fused
     return trainer.train_episode
@@ -200,6 +212,8 @@ def time_interleaved(runners: dict[str, Callable[[], None]], warmup: int, episod
                      device: torch.device) -> dict[str, tuple[float, float]]:
     """Median wall-clock and process-CPU seconds per call of each runner. The runners take
     turns, episode by episode, so that a change in the machine's load hits them alike."""
+    import torch
+
     for _ in range(warmup):
         for run in runners.values():
             run()
@@ -219,6 +233,8 @@ def one_objective(args: argparse.Namespace) -> dict[str, float]:
     """Train ``args.intervals`` warp intervals with objective ``args.one_objective``; the
     costs as a dict (run in a fresh process by :func:`objective_costs`)."""
     import resource
+
+    from agents.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(agent=args.agent, batch_size=args.batch_sizes[0],
                       hidden_size=args.hidden_size, maze_size=args.maze_size,
@@ -274,7 +290,10 @@ def population_costs(args: argparse.Namespace) -> None:
     (:class:`agents.population.PopulationTrainer`) against the same ``S`` seeds as separate
     single-seed trainers run one after the other, for every ``S`` in ``args.population``
     (interleaved episode by episode, so that the machine's load hits both alike)."""
+    import torch
+
     from agents.population import PopulationTrainer
+    from agents.trainer import TrainConfig, Trainer
 
     batch = args.batch_sizes[0]
     print(f"population training: agent {args.agent}, batch {batch}, maze {args.maze_size}x"
@@ -367,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --population: also profile one population episode per S")
     parser.add_argument("--one-objective", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    import torch
+
+    from agents.trainer import TrainConfig
+
     if args.one_objective is not None:
         import json
 

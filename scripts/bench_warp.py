@@ -30,6 +30,9 @@ Usage::
     python scripts/bench_warp.py                      # full run on CPU (minutes)
     python scripts/bench_warp.py --ks 1 10 --speed-tasks 1 --speed-steps 5   # quick check
     python scripts/bench_warp.py --device cuda
+
+The figures, with the commands and machines that gave them, are in docs/warp.md ("Benchmark:
+memory and speed").
 """
 
 from __future__ import annotations
@@ -41,20 +44,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-from torch.func import functional_call
-from torch.profiler import ProfilerActivity, profile
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import warp_rl
+import warp_rl  # torch-free until its classes are used
+
+# torch and PIL are imported where they are used, after the arguments are parsed, so that
+# --help answers at once.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
 
 # ---------------------------------------------------------------------------------------------
 # model and data
@@ -65,6 +68,8 @@ def conv_model(
     filters: int = 64, classes: int = 20
 ) -> tuple[nn.Module, list[nn.Module], list[nn.Module]]:
     """The warped Omniglot classifier; returns (model, adaptable modules, warp modules)."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     adapt: list[nn.Module] = []
     warp: list[nn.Module] = []
@@ -83,10 +88,11 @@ def conv_model(
     return nn.Sequential(*layers), adapt, warp
 
 
-class AffineImages(Dataset):
+class AffineImages:
     """Images held as uint8 tensors; each access applies a random affine distortion (rotation
     0-360 degrees, translation 0.2, scale 0.8-1.2), as the original Omniglot pipeline did per
-    image (there with PIL, from disk)."""
+    image (there with PIL, from disk). A map-style dataset: ``DataLoader`` takes any object with
+    ``__len__`` and ``__getitem__``."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
@@ -95,6 +101,9 @@ class AffineImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+        import torch.nn.functional as F
+
         img = self.images[i].float().div(255)[None, None]  # (1, 1, 28, 28)
         angle = torch.rand(()) * 2 * math.pi
         scale = 0.8 + 0.4 * torch.rand(())
@@ -106,13 +115,15 @@ class AffineImages(Dataset):
         return F.grid_sample(img, grid, align_corners=False)[0], self.labels[i]
 
 
-class PNGAffineImages(Dataset):
+class PNGAffineImages:
     """The original pipeline, item by item: each access opens the image's 28x28 PNG file from
     disk with PIL (as torchvision's ``Omniglot`` dataset did), applies a random affine
     distortion with PIL (``RandomAffine((0, 360), (0.2, 0.2), (0.8, 1.2))``) and converts it to
     a float tensor (``ToTensor``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, folder: Path) -> None:
+        from PIL import Image
+
         folder.mkdir(parents=True, exist_ok=True)
         self.paths = []
         for i, img in enumerate(images):
@@ -125,6 +136,9 @@ class PNGAffineImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+        from PIL import Image
+
         img = Image.open(self.paths[i], mode="r").convert("L")
         angle = float(torch.rand(())) * 360.0
         scale = 0.8 + 0.4 * float(torch.rand(()))
@@ -139,13 +153,15 @@ class PNGAffineImages(Dataset):
         return x, self.labels[i]
 
 
-class RandomSampler(Sampler[int]):
+class RandomSampler:
     """The original's sampler: ``iterations * batch_size`` random indices per pass."""
 
     def __init__(self, n: int, iterations: int, batch_size: int) -> None:
         self.n, self.total = n, iterations * batch_size
 
     def __iter__(self):
+        import torch
+
         return iter((torch.randperm(self.total) % self.n).tolist())
 
     def __len__(self) -> int:
@@ -153,13 +169,18 @@ class RandomSampler(Sampler[int]):
 
 
 def make_dataset(classes: int, per_class: int, seed: int) -> AffineImages:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     images = (torch.rand(classes * per_class, 28, 28, generator=g) > 0.8).to(torch.uint8) * 255
     labels = torch.arange(classes).repeat_interleave(per_class)
     return AffineImages(images, labels)
 
 
-def loader(ds: Dataset, batch: int, iterations: int, workers: int) -> DataLoader:
+def loader(ds: AffineImages | PNGAffineImages, batch: int, iterations: int,
+           workers: int) -> DataLoader:
+    from torch.utils.data import DataLoader
+
     return DataLoader(ds, batch, sampler=RandomSampler(len(ds), iterations, batch),
                       num_workers=workers)
 
@@ -171,6 +192,9 @@ def loader(ds: Dataset, batch: int, iterations: int, workers: int) -> DataLoader
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> float:
     """Peak memory (MB) allocated by ``fn`` above what was allocated when it started."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -188,11 +212,16 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def adapt_task(model: warp_rl.Warp, task: Any, lr: float, device: torch.device) -> None:
+    import torch
+    import torch.nn.functional as F
+
     opt = torch.optim.SGD(model.adapt_parameters(), lr=lr)
     for x, y in task:
         F.cross_entropy(model(x.to(device)), y.to(device)).backward()
@@ -201,6 +230,8 @@ def adapt_task(model: warp_rl.Warp, task: Any, lr: float, device: torch.device) 
 
 
 def tensor_task(ds: AffineImages, batch: int, steps: int, seed: int) -> warp_rl.TensorTask:
+    import torch
+
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     return warp_rl.TensorTask(x, ds.labels, batch_size=batch, steps=steps, seed=seed)
 
@@ -211,6 +242,9 @@ def tensor_task(ds: AffineImages, batch: int, steps: int, seed: int) -> warp_rl.
 
 
 def warpgrad_memory(k: int, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
     net, adapt, warp = conv_model(args.filters, args.classes)
     net.to(device)
@@ -234,6 +268,10 @@ def warpgrad_memory(k: int, args: argparse.Namespace, device: torch.device) -> t
 
 
 def maml_memory(k: int, args: argparse.Namespace, device: torch.device) -> float:
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
     torch.manual_seed(0)
     net, adapt, _ = conv_model(args.filters, args.classes)
     net.to(device).train()
@@ -259,15 +297,19 @@ def maml_memory(k: int, args: argparse.Namespace, device: torch.device) -> float
 # ---------------------------------------------------------------------------------------------
 
 
-def collect_states(args: argparse.Namespace, device: torch.device):
-    """Adapt ``speed_tasks`` tasks for ``speed_steps`` steps; return model, datasets, states."""
+def collect_states(args: argparse.Namespace, device: torch.device, png_folder: Path):
+    """Adapt ``speed_tasks`` tasks for ``speed_steps`` steps; return model, datasets, states.
+    With ``--baseline-data png`` the images are written to ``png_folder``."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
     net, adapt, warp = conv_model(args.filters, args.classes)
     net.to(device)
-    datasets: list[Dataset] = [make_dataset(args.classes, 15, t) for t in range(args.speed_tasks)]
+    datasets: list[AffineImages | PNGAffineImages] = [make_dataset(args.classes, 15, t)
+                                                      for t in range(args.speed_tasks)]
     if args.baseline_data == "png":  # same images, read back from PNG files item by item
-        folder = Path(tempfile.mkdtemp(prefix="bench_warp_png_"))
-        datasets = [PNGAffineImages(ds.images, ds.labels, folder / f"task{t}")
+        datasets = [PNGAffineImages(ds.images, ds.labels, png_folder / f"task{t}")
                     for t, ds in enumerate(datasets)]
     updater = warp_rl.DualUpdater(nn.CrossEntropyLoss(), init_objective=None)
     model = warp_rl.Warp(net, adapt, warp, updater, warp_rl.ReplayBuffer(), step_size=args.lr)
@@ -284,6 +326,10 @@ def collect_states(args: argparse.Namespace, device: torch.device):
 
 
 def time_baseline(model: warp_rl.Warp, datasets, states, args, device) -> float:
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
     net = model.model
     net.train()
     names = model.partition.adapt_names
@@ -315,6 +361,9 @@ def time_baseline(model: warp_rl.Warp, datasets, states, args, device) -> float:
 
 def time_warpgrad(model: warp_rl.Warp, datasets, states, args, device,
                   meta_batch_size: int) -> tuple[float, str]:
+    import torch
+    from torch import nn
+
     model.updater = warp_rl.DualUpdater(nn.CrossEntropyLoss(), init_objective=None,
                                         meta_batch_size=meta_batch_size,
                                         vmap_chunk_size=meta_batch_size, batching=args.batching)
@@ -368,6 +417,8 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -391,20 +442,21 @@ def main() -> None:
                   f"MAML {last[2] / first[2]:.1f}x")
 
     if not args.skip_speed:
-        model, datasets, states = collect_states(args, device)
-        print(f"\nTime per replayed state of the meta-update ({len(states)} states, "
-              f"{args.speed_tasks} tasks, {args.baseline_data} data, "
-              f"DataLoader workers {args.workers})")
-        time_baseline(model, datasets, states[:2], args, device)  # warm-up
-        base = time_baseline(model, datasets, states, args, device)
-        print(f"{'method':<62} | {'ms/state':>8} | {'speed-up':>8}")
-        print(f"{'baseline (state_dict + new DataLoader per state)':<62} | {base * 1e3:>8.1f} | "
-              f"{1.0:>7.1f}x", flush=True)
-        for mbs in (1, args.meta_batch):
-            time_warpgrad(model, datasets, states[: min(mbs, 4)], args, device, mbs)  # warm-up
-            t, batching = time_warpgrad(model, datasets, states, args, device, mbs)
-            label = f"warp_rl, meta_batch_size={mbs} ({batching})"
-            print(f"{label:<62} | {t * 1e3:>8.1f} | {base / t:>7.1f}x", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_warp_png_") as png_folder:
+            model, datasets, states = collect_states(args, device, Path(png_folder))
+            print(f"\nTime per replayed state of the meta-update ({len(states)} states, "
+                  f"{args.speed_tasks} tasks, {args.baseline_data} data, "
+                  f"DataLoader workers {args.workers})")
+            time_baseline(model, datasets, states[:2], args, device)  # warm-up
+            base = time_baseline(model, datasets, states, args, device)
+            print(f"{'method':<62} | {'ms/state':>8} | {'speed-up':>8}")
+            label = "baseline (state_dict + new DataLoader per state)"
+            print(f"{label:<62} | {base * 1e3:>8.1f} | {1.0:>7.1f}x", flush=True)
+            for mbs in (1, args.meta_batch):
+                time_warpgrad(model, datasets, states[: min(mbs, 4)], args, device, mbs)  # warm-up
+                t, batching = time_warpgrad(model, datasets, states, args, device, mbs)
+                label = f"warp_rl, meta_batch_size={mbs} ({batching})"
+                print(f"{label:<62} | {t * 1e3:>8.1f} | {base / t:>7.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from warp_rl import runs as run_folders
 from warp_rl.cli import finite_float as _finite
 from warp_rl.cli import positive_int as _positive_int
+from warp_rl.runs import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME
 
-LOG_NAME = "log.csv"
 LOG_NAMES = (LOG_NAME, LOG_NAME + ".gz")  # a run's log, plain or gzip-compressed (results/)
 LOG_PART_GLOB = "log.part*.csv.gz"  # or a long run's log cut in parts (results/; in order)
-CONFIG_NAMES = ("config.json", "args.json")
+CONFIG_NAMES = (CONFIG_NAME, "args.json")
 # Accepted spellings of the three columns (ours first).
 EPISODE_COLUMNS = ("episode",)
 REWARD_COLUMNS = ("reward_mean", "mean_reward", "reward")
@@ -102,7 +102,7 @@ def agent_name(run_dir: Path) -> str | None:
             data = json.loads(cfg.read_text())
             if isinstance(data, dict) and isinstance(data.get("agent"), str):
                 return data["agent"]
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir / CHECKPOINT_NAME
     if run_folders.checkpoint_exists(ckpt):
         try:  # tensors and plain data only, with the checkpoint.prev.pt fallback
             data, _ = run_folders.load_checkpoint(ckpt, warn=lambda message: None)

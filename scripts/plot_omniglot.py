@@ -1,10 +1,11 @@
-"""Compare Omniglot runs: a markdown table (mean +- std over seeds) and a figure.
+"""Compare Omniglot runs: a markdown table (mean +- std over runs) and a figure.
 
     python scripts/plot_omniglot.py runs/omniglot/* --out runs/omniglot/comparison.png
 
 Every folder given (or found one level below a folder given) that holds a finished run's
 test.json is grouped by its meta-model; the table goes to stdout and next to the figure
-(comparison.md).
+(comparison.md). Its ``runs`` column counts the runs of a method and ``seeds`` lists their
+distinct seeds: two runs of seed 0 are two runs of one seed.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, not installed
 
-from warp_rl.omniglot.plots import collect_runs, plot_comparison, table
-from warp_rl.utils import atomic_write_text
-
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run folders (or folders of run folders)")
     p.add_argument("--out", default="runs/omniglot/comparison.png", help="figure path")
     args = p.parse_args(argv)
+    from warp_rl.omniglot.plots import collect_runs, plot_comparison, table  # matplotlib
+    from warp_rl.utils import atomic_write_text
+
     dirs: list[Path] = []
     for r in map(Path, args.runs):
         dirs += [r] if (r / "test.json").is_file() else sorted(d for d in r.glob("*/"))

@@ -35,26 +35,19 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents import AGENTS
-from agents.trainer import (
-    CHECKPOINT_NAME,
-    CURVE_NAME,
-    LOG_NAME,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    load_checkpoint,
-    random_play_reward,
-    read_log,
-    save_learning_curve,
-)
-from agents.warp_objectives import WARP_OBJECTIVES
-from warp_rl import distributed, runs
+# Only torch-free modules here, so that --help answers at once; torch comes with the trainer,
+# imported where it is used, after the arguments are parsed.
+from agents import AGENTS, WARP_OBJECTIVE_NAMES
+from warp_rl import runs
+from warp_rl.cli import DIST_TIMEOUT_S
+from warp_rl.runs import CHECKPOINT_NAME, LOG_NAME
+
+if TYPE_CHECKING:
+    from agents.trainer import TrainConfig
 
 # The agent of the main job (the recommended warp variant, docs/agent.md), and the published
 # agent that --paper selects when no --agent is given.
@@ -110,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-episodes", type=int, help="first episodes without any step")
     p.add_argument("--maze-size", type=int, help="odd side of the square maze")
     p.add_argument("--episode-length", type=int, help="steps per episode")
-    p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVES),
+    p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVE_NAMES),
                    help="how the warp weights are meta-learned: two_timescale (the paper's "
                    "schedule, default), algorithm2 (WarpGrad's Algorithm 2 on replayed episode "
                    "pairs) or algorithm2_detached (algorithm2 without the second-order term)")
@@ -130,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in --out even if it holds a run")
     p.add_argument("--no-plot", action="store_true", help="skip the learning-curve PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+    p.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S,
                    help="under torchrun: seconds a rank waits for the others in a collective "
                    "before failing with an error (default: %(default)g)")
     return p
@@ -139,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from warp_rl import distributed
+
     try:
         distributed.init_from_env(args.dist_timeout)  # no-op without torchrun
     except ValueError as err:
@@ -154,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Train as ``args`` say (on this rank, under torchrun; rank 0 alone writes and prints)."""
+    from warp_rl import distributed
+
     main_rank = distributed.is_main()
     if not main_rank:  # every rank reaches the same errors; only rank 0 prints them
         parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
@@ -202,6 +199,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _resume_overrides(args: argparse.Namespace, explicit: dict, out: Path) -> dict:
     """The settings a ``--resume`` of the run in ``out`` passes on (see the module docstring)."""
+    from agents.trainer import Trainer, load_checkpoint
+
     overrides = dict(explicit)
     if args.paper:  # --paper on resume only checks that the run used its settings
         run_agent = explicit.get("agent") or load_checkpoint(
@@ -212,6 +211,8 @@ def _resume_overrides(args: argparse.Namespace, explicit: dict, out: Path) -> di
 
 
 def _new_config(args: argparse.Namespace, explicit: dict, agent: str) -> TrainConfig:
+    from agents.trainer import TrainConfig
+
     preset = paper_preset(agent) if args.paper else QUICK
     config = TrainConfig(**{**preset, "agent": agent, **explicit})
     config.validate()
@@ -220,6 +221,8 @@ def _new_config(args: argparse.Namespace, explicit: dict, agent: str) -> TrainCo
 
 def _clear_out(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path) -> None:
     """Refuse to start over a run in ``out`` unless ``--overwrite``; then clear it."""
+    from agents.trainer import CURVE_NAME
+
     existing = runs.existing_checkpoints(out / CHECKPOINT_NAME)
     if existing and not args.overwrite:
         parser.error(f"{out} already holds a run ({', '.join(existing)}); pass --resume to "
@@ -232,6 +235,9 @@ def _clear_out(parser: argparse.ArgumentParser, args: argparse.Namespace, out: P
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path,
            explicit: dict, agent: str) -> int:
     """Build or resume the trainer in ``out`` (locked) and train."""
+    from agents.trainer import NonFiniteLossError, Trainer
+    from warp_rl import distributed
+
     main_rank = distributed.is_main()
     try:
         if args.resume:
@@ -289,6 +295,7 @@ def _train_population(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def _train_locked_population(parser: argparse.ArgumentParser, args: argparse.Namespace,
                              out: Path, explicit: dict, agent: str, folders: list[Path]) -> int:
     from agents.population import PopulationTrainer
+    from agents.trainer import NonFiniteLossError
 
     try:
         if args.resume:
@@ -328,6 +335,10 @@ def _train_locked_population(parser: argparse.ArgumentParser, args: argparse.Nam
 
 def _summarise(args: argparse.Namespace, config: TrainConfig, out: Path) -> None:
     """Print a finished run's closing lines and draw its learning curve."""
+    import numpy as np
+
+    from agents.trainer import CURVE_NAME, random_play_reward, read_log, save_learning_curve
+
     log = read_log(out / LOG_NAME)
     last = log["reward_mean"][-100:]
     random_reward = random_play_reward(config)

@@ -24,9 +24,9 @@ Algorithms (SB3 defaults unless a flag says otherwise):
 The mazes are stepped together by :class:`envs.sb3_vec_env.WarpMazeSB3VecEnv`, the
 numpy-batched ``WarpMaze-v0`` in SB3's ``VecEnv`` convention; ``--per-maze-envs`` uses SB3's
 ``make_vec_env`` instead (``n_envs`` ``gymnasium.make`` envs, each in a ``Monitor``, in a
-``DummyVecEnv``). ``scripts/bench_sb3.py`` times the three code paths: with the comparison's
-settings, 4.10 s per round with both flags, 1.57 s with ``--per-maze-envs`` only and 1.19 s
-with neither (3.43x) on the 2-core AMD EPYC machine.
+``DummyVecEnv``). ``scripts/bench_sb3.py`` times the three code paths (seconds per round of
+maze episodes, steady state, with the comparison's settings) and checks that they give the same
+rewards; its figures are in docs/baselines.md.
 
 Usage::
 
@@ -73,13 +73,11 @@ from warp_rl import runs
 from warp_rl.cli import nonneg_int as _nonneg_int
 from warp_rl.cli import positive_float as _positive_float
 from warp_rl.cli import positive_int as _positive_int
+from warp_rl.runs import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME
 
 ALGOS = ("recurrent_ppo", "a2c")
 ENV_ID = "WarpMaze-v0"
-LOG_NAME = "log.csv"
-CONFIG_NAME = "config.json"
 MODEL_NAME = "model.zip"
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 """2: tensors and plain data (``weights_only=True``); format 1 was a pickle and is refused."""
 RUN_KEYS = ("algo", "seed", "n_envs", "hidden", "n_stack", "n_steps", "batch_size", "n_epochs",
@@ -156,6 +154,15 @@ def import_algo(algo: str) -> type:
 
         return A2C
     raise ValueError(f"algo must be one of {', '.join(ALGOS)}; got {algo!r}")
+
+
+def silent_logger() -> Any:
+    """An SB3 logger with no outputs and no folder. The run logs itself (``log.csv``); SB3's
+    own logger, at ``verbose=0``, prints nothing either but creates an empty ``SB3-<date>``
+    folder in the temp folder at every ``learn``."""
+    from stable_baselines3.common.logger import Logger
+
+    return Logger(folder=None, output_formats=[])
 
 
 def sb3_model_bytes(model: Any) -> bytes:
@@ -412,6 +419,7 @@ def _train_locked(args: argparse.Namespace, algo_cls: type, out: Path) -> Path:
         for name in (LOG_NAME, MODEL_NAME, CONFIG_NAME):
             (out / name).unlink(missing_ok=True)
         model = algo_cls(policy, build_env(args), **kwargs)
+    model.set_logger(silent_logger())
     runs.write_json(out / CONFIG_NAME, config)
 
     total_rounds = math.ceil(timesteps / (args.n_envs * args.episode_length))

@@ -69,6 +69,80 @@ def test_evaluate_is_reproducible(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_pick_episode_median_best_worst_and_index() -> None:
+    pick = evaluate_maze.pick_episode
+    assert pick(np.array([5.0, 1.0, 9.0, 4.0, 7.0]), "median") == 0  # the median itself
+    assert pick(np.array([1.0, 2.0, 3.0, 10.0]), "median") == 1  # median 2.5: 2 and 3 tie
+    assert pick(np.array([0.0, 30.0, 10.0, 20.0, 40.0]), "median") == 3
+    assert pick(np.array([3.0, 8.0, 8.0, 1.0]), "best") == 1
+    assert pick(np.array([3.0, 8.0, 1.0, 1.0]), "worst") == 2
+    assert pick(np.array([3.0, 8.0, 1.0]), 2) == 2
+    with pytest.raises(ValueError, match="episode 3 does not exist: 3 were evaluated"):
+        pick(np.array([3.0, 8.0, 1.0]), 3)
+
+
+def _track(rewards: list[float], agent: tuple[int, int] = (3, 3),
+           goal: tuple[int, int] = (1, 1)) -> object:
+    from envs.maze import grid_walls
+
+    steps = len(rewards)
+    return evaluate_maze.Track(grid_walls(7), np.array([agent] * (steps + 1)),
+                               np.array([goal] * (steps + 1)), np.array(rewards))
+
+
+def test_gif_frames_show_the_step_the_reward_so_far_and_the_goal() -> None:
+    from envs.maze import COLOURS
+
+    track = _track([0.0, 10.0, 0.0, 0.0])
+    frames = [evaluate_maze.draw_frame(track, t, cell_px=20) for t in range(5)]
+    maze_px = 7 * 20
+    banner = frames[0].shape[0] - maze_px
+    assert banner > 0 and all(f.shape == frames[0].shape for f in frames)
+    # The agent and the goal stay put: the maze part of every frame is the same ...
+    for f in frames[1:]:
+        np.testing.assert_array_equal(f[banner:], frames[0][banner:])
+    # ... while the banner changes with the step number and the reward so far.
+    assert not np.array_equal(frames[1][:banner], frames[2][:banner])  # reward 0 -> 10
+    assert not np.array_equal(frames[2][:banner], frames[3][:banner])  # step 2 -> 3, reward 10
+    same_step = evaluate_maze.draw_frame(_track([0.0, 0.0, 0.0, 0.0]), 2, cell_px=20)
+    assert not np.array_equal(same_step[:banner], frames[2][:banner])  # only the reward differs
+    # The goal's cell is outlined in the goal's colour, also when the agent stands on it.
+    on_goal = evaluate_maze.draw_frame(_track([0.0], agent=(1, 1)), 1, cell_px=20)
+    cell = on_goal[banner + 20:banner + 40, 20:40]
+    assert (cell[0] == COLOURS["goal"]).all() and (cell[:, 0] == COLOURS["goal"]).all()
+    assert (cell[10, 10] == COLOURS["agent"]).all()
+
+
+def test_evaluate_draws_the_median_episode(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_maze.main(["--episodes", "1", "--out", str(out), "--no-plot", *TINY]) == 0
+    agent, config = trainer_mod.load_agent(out / "checkpoint.pt")
+    tracks: list = []
+    rewards = evaluate_maze.evaluate(agent, config, episodes=7, batch_size=3, seed=5,
+                                     tracks=tracks)
+    np.testing.assert_array_equal(
+        rewards, evaluate_maze.evaluate(agent, config, episodes=7, batch_size=3, seed=5))
+    assert len(tracks) == 7
+    for track, total in zip(tracks, rewards, strict=True):  # a track replays its episode
+        assert track.agent.shape == (11, 2) and track.reward.sum() == total
+    median = evaluate_maze.pick_episode(rewards, "median")
+    gif = tmp_path / "median.gif"
+    capsys.readouterr()
+    assert evaluate_maze.main([str(out), "--episodes", "7", "--batch-size", "3", "--seed", "5",
+                               "--gif", str(gif)]) == 0
+    text = capsys.readouterr().out
+    assert f"episode {median} of 7 (the closest to the median reward" in text
+    assert f"reward {rewards[median]:g}, 10 steps" in text
+    assert evaluate_maze.main([str(out), "--episodes", "7", "--batch-size", "3", "--seed", "5",
+                               "--gif", str(gif), "--gif-episode", "6"]) == 0
+    assert f"episode 6 of 7 (chosen), reward {rewards[6]:g}" in capsys.readouterr().out
+    with Image.open(gif) as im:
+        assert im.n_frames == 11  # the start and 10 steps, each frame with its own step number
+    with pytest.raises(SystemExit):
+        evaluate_maze.main([str(out), "--episodes", "7", "--gif-episode", "7"])
+    assert "only 7 episodes are evaluated" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--episodes", "0"], "episodes must be an integer >= 1; got 0"),
     (["--maze-size", "8"], "maze_size must be an odd integer >= 5; got 8"),

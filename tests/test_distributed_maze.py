@@ -180,10 +180,13 @@ def test_resume_needs_the_same_number_of_processes(two_ranks, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The script under torchrun
 # ------------------------------------------------------------------------------------------------
-def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, log_dir: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``scripts/train_maze.py ARGS`` under torchrun; torchrun's logs go to ``log_dir`` (its
+    default, a ``torchelastic_*`` folder in the temp folder, is never removed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", str(ROOT / "scripts" / "train_maze.py"), *args]
+           f"--nproc_per_node={nproc}", f"--log-dir={log_dir}",
+           str(ROOT / "scripts" / "train_maze.py"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
 
 
@@ -192,7 +195,7 @@ def test_train_maze_script_under_torchrun(tmp_path):
     tiny = ["--batch-size", "4", "--maze-size", "5", "--episode-length", "10",
             "--hidden-size", "8", "--warmup-episodes", "0", "--meta-interval", "2",
             "--no-plot", "--quiet", "--out", str(out)]
-    run = _torchrun("--episodes", "2", *tiny)
+    run = _torchrun("--episodes", "2", *tiny, log_dir=tmp_path / "torchrun")
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("training warp") == 1  # rank 0 alone prints
     assert "2 processes of 2 mazes" in run.stdout

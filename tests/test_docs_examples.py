@@ -6,6 +6,7 @@ it is skipped with that reason (use it rarely).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +36,10 @@ def test_python_block_runs(name, code, why, tmp_path):
     if why:
         pytest.skip(f"{name}: {why.strip()}")
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           # the session's temp folder and torch's cache folder (tests/conftest.py), so that
+           # what a block leaves there is seen
+           **{k: os.environ[k] for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR") if k in os.environ}}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"

@@ -481,10 +481,12 @@ def test_sb3_check_env():
 def test_sb3_a2c_learns_a_few_thousand_steps():
     from stable_baselines3 import A2C
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     torch.set_num_threads(1)
     vec = make_vec_env("WarpMaze-v0", n_envs=4, seed=0)
     model = A2C("MlpPolicy", vec, seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-<date> folder in /tmp
     model.learn(total_timesteps=3000)
     assert model.num_timesteps >= 3000
     obs = vec.reset()

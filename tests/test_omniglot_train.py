@@ -143,6 +143,25 @@ def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
     assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == text
 
 
+def test_comparison_table_counts_runs_and_distinct_seeds():
+    from warp_rl.omniglot.plots import table
+
+    def run(method: str, seed: int | None, acc: float) -> dict:
+        summary = {"meta_model": method, "meta_steps": 1, "test_acc": acc, "auc_acc": acc}
+        return summary if seed is None else {**summary, "seed": seed}
+
+    text = table({"leap": [run("leap", 0, 0.5), run("leap", 0, 0.7)],
+                  "no": [run("no", 1, 0.2), run("no", 0, 0.2), run("no", 1, 0.2)],
+                  "ft": [run("ft", 2, 0.9), run("ft", None, 0.8)]})
+    lines = text.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:4]] == ["method", "runs", "seeds"]
+    cells = {row[0]: row[1:] for row in
+             ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
+    assert cells["leap"][:2] == ["2", "0"]  # two runs of seed 0: one seed, not two
+    assert cells["no"][:2] == ["3", "0, 1"]
+    assert cells["ft"][:2] == ["2", "2, ?"]  # a summary without its seed
+
+
 # --------------------------------------------------------------------------- the script's manners
 
 

@@ -1,10 +1,17 @@
-"""Argument types for the command-line scripts: each rejects a bad value with a message that
-names the value and what is accepted."""
+"""What the command-line scripts share: argument types, each rejecting a bad value with a
+message that names the value and what is accepted, and the defaults of shared flags.
+
+Imports nothing heavy (no torch), so that a script's ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+DIST_TIMEOUT_S = 120.0
+"""Seconds a collective waits for the other ranks before failing (``--dist-timeout``; the
+default of :func:`warp_rl.distributed.init_from_env`)."""
 
 
 def _int_at_least(text: str, low: int, accepted: str) -> int:

@@ -10,7 +10,7 @@ so the trainers run exactly as before.
 Backends are chosen automatically: ``gloo`` for CPU tensors, plus ``nccl`` for CUDA tensors when
 CUDA is available (one GPU per rank: rank ``LOCAL_RANK`` of a node uses ``cuda:LOCAL_RANK``,
 see :func:`local_device`). Every collective has a timeout (``timeout_s``, default
-:data:`DEFAULT_TIMEOUT_S`): a rank that died or hangs makes the others raise
+:data:`~warp_rl.cli.DIST_TIMEOUT_S`): a rank that died or hangs makes the others raise
 :class:`DistributedError` (with the cause) instead of waiting forever.
 
 The data-parallel rule of both trainers: every rank computes the gradient of the *mean* loss
@@ -35,12 +35,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from warp_rl.cli import DIST_TIMEOUT_S
+
 T = TypeVar("T")
 
-#: Seconds a collective waits for the other ranks before failing (``--dist-timeout``).
-DEFAULT_TIMEOUT_S = 120.0
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_timeout_s = DEFAULT_TIMEOUT_S
+_timeout_s = DIST_TIMEOUT_S
 
 
 class DistributedError(RuntimeError):
@@ -70,7 +70,7 @@ def launched_world_size() -> int:
     return world
 
 
-def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> bool:
+def init_from_env(timeout_s: float = DIST_TIMEOUT_S, backend: str | None = None) -> bool:
     """Join the process group described by ``torchrun``'s environment variables.
 
     Args:
@@ -117,16 +117,6 @@ def shutdown() -> None:
     """Leave the process group (no-op without one). Call at the end, also after errors."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[bool]:
-    """``with process_group(t) as distributed:``: :func:`init_from_env`, then :func:`shutdown`
-    however the block ends."""
-    try:
-        yield init_from_env(timeout_s)
-    finally:
-        shutdown()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 Selector = Sequence[nn.Module] | Callable[[str], bool]
+"""Which parameters and buffers a role gets: submodules of the model, or a predicate on the
+parameter and buffer names (``True``: selected)."""
 
 
 def _selected_names(

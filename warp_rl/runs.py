@@ -34,6 +34,9 @@ Every user-facing failure is a :class:`RunError` (or subclass): one paragraph na
 flag, what was expected and what to do. The scripts print it and exit with code 2
 (:data:`EXIT_USAGE`); a run stopped by a non-finite loss or parameter exits with code 3
 (:data:`EXIT_NONFINITE`).
+
+torch is imported on first use (saving, loading, :func:`object_state`), so that the scripts'
+command lines, which use this module's errors and names, answer ``--help`` without loading it.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import torch
 
 from warp_rl.utils import _default_mode, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_USAGE = 2
 """Exit code of a refused flag, path or file (like argparse's)."""
@@ -71,6 +76,13 @@ EXIT_NONFINITE = 3
 """Exit code of a run stopped by a non-finite loss or parameter."""
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
+"""Every trainer's settings file in its run folder (strict JSON, :func:`write_json`)."""
+CHECKPOINT_NAME = "checkpoint.pt"
+"""Every trainer's checkpoint in its run folder (:func:`save_checkpoint`); the previous one is
+``checkpoint.prev.pt``."""
+LOG_NAME = "log.csv"
+"""The maze trainers' per-episode log (``agents.trainer`` and ``scripts/train_maze_sb3.py``, one
+row per episode of the batch of mazes, :class:`CsvLog`), which ``scripts/plot_maze.py`` reads."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +453,8 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     the folder). A crash at any point leaves complete files only; between the two renames only
     the previous one exists, which :func:`load_checkpoint` then uses.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -472,6 +486,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         CheckpointError: the file is missing, not a torch file, truncated, or asks to build an
             object other than tensors and plain data (refused, never executed).
     """
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -616,6 +632,8 @@ def _is_skipped(value: Any) -> bool:
 
 def _byte_tensor(data: bytes) -> torch.Tensor:
     """``data`` as a uint8 tensor (a copy)."""
+    import torch
+
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(
         0, dtype=torch.uint8)
 
@@ -631,6 +649,8 @@ def object_state(value: Any, exclude: Iterable[str] = (), _depth: int = 0) -> An
     (see :func:`load_object_state`). No class name is stored, so loading creates no objects.
     ``exclude``: attribute names of ``value`` (an object) to leave out.
     """
+    import torch
+
     if _depth > 50:
         raise ValueError("object_state: nesting too deep")
     d = _depth + 1

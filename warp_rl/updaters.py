@@ -1,4 +1,16 @@
-"""``DualUpdater``: runs the warp objective and the initialisation objective over the buffer."""
+"""Updaters: what :meth:`warp_rl.Warp.backward` runs over the replay buffer.
+
+An updater is any object with the :class:`Updater` interface (a ``typing.Protocol``: no base
+class to inherit): ``init_objective`` and ``backward(warp, step_fn) -> MetaUpdateInfo``. Its
+``backward`` sees the model through :class:`MetaModel`, the part of :class:`warp_rl.Warp` meant
+for updaters: the replay buffer, the partition, the detached meta-parameters
+(:meth:`MetaModel.meta_tree`) and the setter of their gradients
+(:meth:`MetaModel.assign_meta_grads`). :class:`DualUpdater` is the implementation this package
+ships: WarpGrad's warp objective (Algorithm 2, its detached variant, or first order) and the
+Leap initialisation objective.
+
+This module does not import :mod:`warp_rl.warp`; ``warp.py`` imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +19,15 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from warp_rl import objectives
-from warp_rl.buffer import State, TaskRecord
-
-if TYPE_CHECKING:
-    from warp_rl.warp import Warp
+from warp_rl.buffer import ReplayBuffer, State, TaskRecord
+from warp_rl.partition import Partition
 
 WarpObjective = Literal["algorithm2", "algorithm2_detached", "first_order"]
 WARP_OBJECTIVES: tuple[str, ...] = ("algorithm2", "algorithm2_detached", "first_order")
@@ -37,13 +47,71 @@ class MetaUpdateInfo:
     batching: str
 
 
+class MetaModel(Protocol):
+    """What an updater uses of the model it meta-updates (:class:`warp_rl.Warp` implements it).
+
+    Attributes:
+        model: the wrapped model (``model(x)`` is what the task loss is computed on).
+        partition: its adaptable and warp parameters and buffers.
+        buffer: the replay buffer of this meta-update (adaptation states per task).
+        tracks_momentum: whether states carry the adaptation optimiser's momentum buffers.
+        learn_init: whether the initialisation is meta-learned.
+        device: device of the adaptable parameters.
+    """
+
+    model: nn.Module
+    partition: Partition
+    buffer: ReplayBuffer
+    tracks_momentum: bool
+    learn_init: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def meta_tree(self) -> dict[str, Any]:
+        """Detached meta tensors: ``{"warp": {name: tensor}, "step_size": (n,), "momentum":
+        (n,)}``, one step size and momentum per adaptable tensor (``adapt_names`` order)."""
+        ...
+
+    def assign_meta_grads(self, grads: dict[str, Any]) -> None:
+        """Set the ``.grad`` of every meta-parameter from ``grads`` (keys as in
+        :meth:`meta_tree`, plus ``"init"``: ``{name: tensor}``); a missing group gets
+        ``None``."""
+        ...
+
+    def project_optimizer_parameters(self) -> None:
+        """Clip learned step sizes to ``>= 0`` and momenta to ``[0, 0.999]`` (after a step)."""
+        ...
+
+
+@runtime_checkable
+class Updater(Protocol):
+    """The meta-objective :class:`warp_rl.Warp` runs in :meth:`~warp_rl.Warp.backward`.
+
+    Attributes:
+        init_objective: the name of the initialisation objective, or ``None``; ``Warp``
+            meta-learns the initialisation by default when it is not ``None``.
+    """
+
+    init_objective: str | None
+
+    def backward(
+        self, warp: MetaModel, step_fn: Callable[[], Any] | None = None
+    ) -> MetaUpdateInfo:
+        """Meta-gradients from ``warp.buffer``: set them with ``warp.assign_meta_grads`` and
+        call ``step_fn()`` (when given) to step the meta optimiser; see
+        :meth:`warp_rl.Warp.backward` for the contract. Does not clear the buffer."""
+        ...
+
+
 def _stack(items: list[Any]) -> Any:
     """Stack a list of identical pytrees of tensors along a new leading dimension."""
     return tree_map(lambda *ts: torch.stack(ts), *items)
 
 
 class DualUpdater:
-    """The WarpGrad meta-objective for warp parameters, and optionally the initialisation.
+    """The WarpGrad meta-objective for warp parameters, and optionally the initialisation (an
+    :class:`Updater`).
 
     Args:
         criterion: task loss ``criterion(output, y) -> scalar``; an ``nn.Module`` class (as in
@@ -113,7 +181,7 @@ class DualUpdater:
 
     # -- the per-state loss ---------------------------------------------------------------
 
-    def state_loss(self, warp: Warp) -> objectives.StateLoss:
+    def state_loss(self, warp: MetaModel) -> objectives.StateLoss:
         """The per-state objective ``(meta, state, data, functional) -> loss`` for ``warp``.
 
         ``meta = {"warp": phi, "step_size": (n,), "momentum": (n,)}`` (one entry per adaptable
@@ -152,7 +220,7 @@ class DualUpdater:
     # -- the meta-update ------------------------------------------------------------------
 
     def backward(
-        self, warp: Warp, step_fn: Callable[[], Any] | None = None
+        self, warp: MetaModel, step_fn: Callable[[], Any] | None = None
     ) -> MetaUpdateInfo:
         """Meta-gradients from ``warp.buffer``; see :meth:`warp_rl.Warp.backward`."""
         records = [r for r in warp.buffer.tasks if r.states]
@@ -184,9 +252,9 @@ class DualUpdater:
                             )
                             continue
                         n = len(chunk)
-                        warp._assign_meta_grads(tree_map(lambda g, n=n: g / n, grads))
+                        warp.assign_meta_grads(tree_map(lambda g, n=n: g / n, grads))
                         step_fn()
-                        warp._project_optimizer_parameters()
+                        warp.project_optimizer_parameters()
                         num_steps += 1
             init_grads = None
             if self.init_objective == "leap" and warp.learn_init:
@@ -201,9 +269,9 @@ class DualUpdater:
                 )
                 if init_grads is not None:
                     grads["init"] = init_grads
-                warp._assign_meta_grads(grads)
+                warp.assign_meta_grads(grads)
             elif init_grads is not None:
-                warp._assign_meta_grads({"init": init_grads})
+                warp.assign_meta_grads({"init": init_grads})
                 step_fn()
                 num_steps += 1
         meta_loss = torch.cat(losses).mean().item() if losses else float("nan")
@@ -211,11 +279,11 @@ class DualUpdater:
         return MetaUpdateInfo(meta_loss, num_states, num_steps, batching)
 
     def _chunk_gradient(
-        self, warp: Warp, chunk: list[tuple[TaskRecord, State]]
+        self, warp: MetaModel, chunk: list[tuple[TaskRecord, State]]
     ) -> tuple[dict[str, Any], torch.Tensor]:
         """Summed meta-gradient of one meta-batch of replayed states, and per-state losses."""
         device = warp.device
-        meta = warp._meta_tree()
+        meta = warp.meta_tree()
         state_loss = self.state_loss(warp)
         # draw each task's batches with one call: 2 per state (Algorithm 2) or 1 (first order)
         per_state = 1 if self.warp_objective == "first_order" else 2

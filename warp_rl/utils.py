@@ -1,4 +1,8 @@
-"""Small shared utilities: atomic file writes and seeding."""
+"""Small shared utilities: atomic file writes and seeding.
+
+torch is imported by the functions that use it, so that the scripts' command lines (which import
+the atomic writes) answer ``--help`` without loading it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import torch
 
 
 def _default_mode() -> int:
@@ -59,12 +62,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_open`)."""
+    import torch
+
     with atomic_open(path) as f:
         torch.save(obj, f)
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (libraries that use the global generator)
     torch.manual_seed(seed)
@@ -73,6 +80,8 @@ def seed_everything(seed: int) -> None:
 def global_rng_states() -> dict[str, Any]:
     """Python's, numpy's and torch's global generators (and CUDA's, where there is one), in a
     form ``torch.load(weights_only=True)`` accepts (numpy's key array as a tensor)."""
+    import torch
+
     name, keys, *rest = np.random.get_state()  # noqa: NPY002 (the global one)
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -86,6 +95,8 @@ def global_rng_states() -> dict[str, Any]:
 
 def set_global_rng_states(states: dict[str, Any]) -> None:
     """Restore what :func:`global_rng_states` returned (CUDA's only where there is CUDA)."""
+    import torch
+
     torch.set_rng_state(states["torch"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002

@@ -26,17 +26,15 @@ not see).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from warp_rl.buffer import ReplayBuffer, State
-from warp_rl.partition import Partition, partition
-from warp_rl.updaters import DualUpdater, MetaUpdateInfo
-
-Selector = Sequence[nn.Module] | Callable[[str], bool]
+from warp_rl.partition import Partition, Selector, partition
+from warp_rl.updaters import MetaUpdateInfo, Updater
 
 
 class Warp(nn.Module):
@@ -47,7 +45,9 @@ class Warp(nn.Module):
         adapt_layers: task-adaptable part: submodules of ``model`` or a predicate on parameter
             names (see :func:`warp_rl.partition`).
         warp_layers: warp part, same forms; ``None`` means everything not adaptable.
-        updater: the meta-objective (:class:`DualUpdater`).
+        updater: the meta-objective: any :class:`warp_rl.updaters.Updater` (an object with
+            ``init_objective`` and ``backward(warp, step_fn)``), such as
+            :class:`warp_rl.DualUpdater`.
         buffer: the replay buffer (:class:`ReplayBuffer`).
         step_size: inner SGD step size ``alpha`` used by Algorithm 2 (one per adaptable tensor,
             all starting here); use the same value as the adaptation learning rate
@@ -64,7 +64,7 @@ class Warp(nn.Module):
         model: nn.Module,
         adapt_layers: Selector,
         warp_layers: Selector | None,
-        updater: DualUpdater,
+        updater: Updater,
         buffer: ReplayBuffer,
         *,
         step_size: float = 0.1,
@@ -74,8 +74,10 @@ class Warp(nn.Module):
         learn_init: bool | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(updater, DualUpdater):
-            raise TypeError(f"updater must be a DualUpdater, got {type(updater).__name__}")
+        if not isinstance(updater, Updater):
+            raise TypeError("updater must be a warp_rl.updaters.Updater, such as a DualUpdater: "
+                            "an object with init_objective and backward(warp, step_fn); got "
+                            f"{type(updater).__name__}")
         if not isinstance(buffer, ReplayBuffer):
             raise TypeError(f"buffer must be a ReplayBuffer, got {type(buffer).__name__}")
         if step_size < 0:
@@ -315,16 +317,20 @@ class Warp(nn.Module):
             self._task = None
         return info
 
-    def _meta_tree(self) -> dict[str, Any]:
-        """Detached meta tensors for the functional objective (see ``DualUpdater.state_loss``)."""
+    # -- what updaters use (warp_rl.updaters.MetaModel) ------------------------------------
+
+    def meta_tree(self) -> dict[str, Any]:
+        """Detached meta tensors for the functional objective: ``{"warp": {name: tensor},
+        "step_size": (n,), "momentum": (n,)}`` (see ``DualUpdater.state_loss``)."""
         return {
             "warp": {n: p.detach() for n, p in self.partition.warp_dict().items()},
             "step_size": self.step_size.detach(),
             "momentum": self.momentum.detach(),
         }
 
-    def _assign_meta_grads(self, grads: dict[str, Any]) -> None:
-        """Set ``.grad`` of every meta-parameter from ``grads`` (missing groups -> ``None``)."""
+    def assign_meta_grads(self, grads: dict[str, Any]) -> None:
+        """Set ``.grad`` of every meta-parameter from ``grads`` (keys as in :meth:`meta_tree`,
+        plus ``"init"``: ``{name: tensor}``; missing groups -> ``None``)."""
         warp_grads = grads.get("warp", {})
         for n, p in self.partition.warp_dict().items():
             g = warp_grads.get(n)
@@ -339,7 +345,8 @@ class Warp(nn.Module):
             g = grads.get(key)
             p.grad = None if (g is None or not learned) else g.detach().clone()
 
-    def _project_optimizer_parameters(self) -> None:
+    def project_optimizer_parameters(self) -> None:
+        """Clip learned step sizes to ``>= 0`` and momenta to ``[0, 0.999]`` (after a step)."""
         with torch.no_grad():
             self.step_size.clamp_(min=0.0)
             self.momentum.clamp_(0.0, 0.999)

@@ -73,11 +73,21 @@ def collect_runs(dirs: list[Path]) -> dict[str, list[dict]]:
     return dict(runs)
 
 
+def seeds_of(runs: list[dict]) -> str:
+    """The distinct seeds of ``runs``, sorted, as text (``"0, 1"``); ``?`` for a run whose
+    summary has none. Two runs of one seed count once: they are one seed run twice."""
+    seeds = {r.get("seed") for r in runs}
+    known = sorted(s for s in seeds if s is not None)
+    return ", ".join([*map(str, known), *(["?"] if None in seeds else [])])
+
+
 def table(runs: dict[str, list[dict]]) -> str:
-    """Markdown table: per method, mean +- std over seeds of held-out accuracy and AUC."""
+    """Markdown table: per method, the number of runs, their distinct seeds, and the mean +- std
+    over the runs of held-out accuracy and AUC."""
     lines = [
-        "| method | seeds | meta-steps | test accuracy (%) | AUC accuracy (%) | one-shot (%) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | runs | seeds | meta-steps | test accuracy (%) | AUC accuracy (%) | "
+        "one-shot (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = sorted(runs, key=lambda m: -_mean_std([r["test_acc"] for r in runs[m]])[0])
     for method in order:
@@ -88,14 +98,15 @@ def table(runs: dict[str, list[dict]]) -> str:
         one = "" if not shots else "{:.1f} +- {:.1f}".format(*_mean_std(shots))
         steps = sorted({r["meta_steps"] for r in rs})
         lines.append(
-            f"| {method} | {len(rs)} | {'/'.join(map(str, steps))} | {acc[0]:.1f} +- {acc[1]:.1f}"
+            f"| {method} | {len(rs)} | {seeds_of(rs)} | {'/'.join(map(str, steps))} | "
+            f"{acc[0]:.1f} +- {acc[1]:.1f}"
             f" | {auc[0]:.1f} +- {auc[1]:.1f} | {one} |"
         )
     return "\n".join(lines)
 
 
 def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
-    """Validation accuracy against meta-steps and test adaptation curves, mean over seeds."""
+    """Validation accuracy against meta-steps and test adaptation curves, mean over runs."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted(runs):
         rs = runs[method]
@@ -114,7 +125,7 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
                     for i in range(n)]
             axes[1].plot(range(n), mean, label=method)
     axes[0].set(xlabel="meta-step", ylabel="validation held-out accuracy",
-                title="meta-training (mean over seeds)")
+                title="meta-training (mean over runs)")
     axes[1].set(xlabel="adaptation step", ylabel="training-batch accuracy",
                 title="adaptation on the test alphabets")
     for ax in axes:
