@@ -160,14 +160,10 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == y).float().mean()
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
 def adapt_task(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     task: TaskBatch,
-    forward: Forward | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> TaskResults:
     """Adapt ``model`` to one task (``task.num_tasks == 1``) and evaluate it on held-out data.
@@ -176,17 +172,15 @@ def adapt_task(
         model: the network, already reset to where adaptation starts.
         optimizer: inner optimiser over the parameters to adapt.
         task: a single task.
-        forward: ``images -> logits``; default ``model``.
         after_step: called after every optimiser step (e.g. to record the trajectory).
     """
     if task.num_tasks != 1:
         raise ValueError(f"adapt_task takes one task, got {task.num_tasks}")
-    forward = model if forward is None else forward
     model.train()
     losses, accs = [], []
     for k in range(task.steps):
         x, y = task.train_batch(k)
-        logits = forward(x[0])
+        logits = model(x[0])
         loss = F.cross_entropy(logits, y[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,7 +192,7 @@ def adapt_task(
     model.eval()
     with torch.no_grad():
         xt, yt = task.test_set()
-        logits = forward(xt[0])
+        logits = model(xt[0])
         test_loss = F.cross_entropy(logits, yt[0])
         test_acc = _accuracy(logits, yt[0])
     model.train()
@@ -253,10 +247,6 @@ class MetaLearner:
     def adapt_parameters(self) -> list[nn.Parameter]:
         """What the inner optimiser adapts (default: every parameter of the model)."""
         return list(self.model.parameters())
-
-    def forward_fn(self, task_id: int, meta_train: bool) -> Forward | None:
-        """``images -> logits`` for a task (``None``: the model itself)."""
-        return None
 
     def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
         """Reset, adapt to one task, evaluate on its held-out drawings."""
