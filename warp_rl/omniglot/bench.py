@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             _synchronize(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
-                parts.append(dict(getattr(learner, "last_times", {})))
+                parts.append(dict(learner.last_times))
         sec = sum(times) / len(times)
         row = {"meta_model": args.meta_model, "device": str(device),
                "threads": torch.get_num_threads(), "tasks": args.tasks, "task_steps": steps,

@@ -42,25 +42,22 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from warp_rl import DualUpdater, ReplayBuffer, Warp, objectives
+from warp_rl import DualUpdater, MetaUpdateInfo, ReplayBuffer, Warp, objectives
 
 from .models import OmniConv, WarpConfig
 from .tasks import TaskBatch
-
-METHODS = ("warp_leap", "warp", "leap", "reptile", "fomaml", "maml", "ft", "no")
 
 #: Where a task's classifier head starts (``--task-head``): ``learned``, the meta-learned
 #: initialisation's head (default), or ``fresh``, a newly initialised head for every task, as
 #: the original code does for these baselines (its ``warp_leap`` starts from its learned head).
 TASK_HEADS = ("learned", "fresh")
-FRESH_HEAD_METHODS = ("leap", "reptile", "fomaml", "no")
 #: ``ft``'s pretraining heads (``--ft-heads``): one per pretraining alphabet (default) or one
 #: head shared by all alphabets, which is what the original code's ``[linear] * N`` builds.
 FT_HEADS = ("per_alphabet", "shared")
@@ -92,6 +89,26 @@ class OptimConfig:
         if self.name == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         return torch.optim.Adam(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class LearnerOptions:
+    """The method-specific settings of :func:`make_learner`; each learner reads the ones it
+    names in :attr:`MetaLearner.options` (in its :meth:`MetaLearner.build`).
+
+    Attributes:
+        num_pretrain: meta-training alphabets (``ft`` has one head per alphabet).
+        maml_unroll: ``maml``'s unrolled inner steps (None: all of them).
+        task_head: one of :data:`TASK_HEADS` (the initialisation learners but ``maml``).
+        ft_heads: one of :data:`FT_HEADS` (``ft``).
+        warp_kwargs: keyword arguments of :class:`WarpLearner` (``warp_leap``, ``warp``).
+    """
+
+    num_pretrain: int = 1
+    maml_unroll: int | None = None
+    task_head: str = "learned"
+    ft_heads: str = "per_alphabet"
+    warp_kwargs: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- results
@@ -220,9 +237,18 @@ class MetaLearner:
         seed: seed of the learner's own generator (head initialisation, ft's batch order).
     """
 
+    #: the ``--meta-model`` name (the key in :data:`LEARNERS`).
     name = "base"
     #: False for learners without meta-training (``no``): the script skips the loop.
     trains = True
+    #: the classifier has warp layers (:func:`make_learner` builds it with a WarpConfig).
+    warped = False
+    #: the :class:`LearnerOptions` fields this learner reads; :func:`make_learner` refuses a
+    #: non-default value of any other (``num_pretrain`` is a fact of the run, never refused).
+    options: tuple[str, ...] = ()
+    #: why the learner cannot be split over processes, or None if it can
+    #: (:class:`~warp_rl.omniglot.distributed.DataParallelLearner` refuses it with this).
+    data_parallel_refusal: str | None = None
     #: Called on the meta-parameters that have a ``.grad`` right before every outer optimiser
     #: step; data-parallel training sets it to average the gradients over ranks
     #: (:mod:`warp_rl.omniglot.distributed`). ``None``: a single process, nothing to do.
@@ -235,6 +261,29 @@ class MetaLearner:
         self.inner = inner
         self.outer = outer
         self.generator = torch.Generator().manual_seed(seed)
+        #: what the last meta-step's warp meta-update did (warp learners; None for the others)
+        self.last_info: MetaUpdateInfo | None = None
+        #: seconds of the last meta-step's parts (``adapt_s``, ``meta_update_s``) where timed
+        self.last_times: dict[str, float] = {}
+
+    @classmethod
+    def build(
+        cls, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int,
+        options: LearnerOptions,
+    ) -> MetaLearner:
+        """The learner for :func:`make_learner`, taking from ``options`` what it declares in
+        :attr:`options`."""
+        return cls(model, inner, outer, seed)
+
+    def random_streams(self) -> dict[str, torch.Generator]:
+        """The learner's random generators by name, in the order :func:`make_learner` seeds
+        them (``seed``, ``seed + 1``, ...); data-parallel ranks reseed and checkpoint them."""
+        return {"learner": self.generator}
+
+    def synced_modules(self) -> list[nn.Module]:
+        """The modules every data-parallel rank must start from identical (broadcast from
+        rank 0)."""
+        return [self.model]
 
     @property
     def device(self) -> torch.device:
@@ -292,6 +341,8 @@ class InitLearner(MetaLearner):
             initialisation's own head is then never used and not meta-learned.
     """
 
+    options = ("task_head",)
+
     def __init__(
         self,
         model: OmniConv,
@@ -311,6 +362,13 @@ class InitLearner(MetaLearner):
         self.eval_head_seed: int | None = None
         if task_head == "fresh":
             self.eval_head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, task_head=options.task_head)
+
+    def synced_modules(self) -> list[nn.Module]:
+        return [self.model, self.init_model]
 
     def init_task(self) -> None:
         self.model.load_state_dict(self.init_model.state_dict())
@@ -454,6 +512,7 @@ class MAML(InitLearner):
     """
 
     name = "maml"
+    options = ("maml_unroll",)
 
     def __init__(
         self,
@@ -472,6 +531,10 @@ class MAML(InitLearner):
             raise ValueError(f"unroll={unroll} must be >= 1 or None")
         super().__init__(model, inner, outer, seed)
         self.unroll = unroll
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, unroll=options.maml_unroll)
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         init = dict(self.init_model.named_parameters())
@@ -523,6 +586,10 @@ class MultiHeadFinetuning(MetaLearner):
     """
 
     name = "ft"
+    options = ("ft_heads",)
+    data_parallel_refusal = (
+        "--meta-model ft cannot run on several processes (its pretraining steps once per task "
+        "batch); run it as a single process")
 
     def __init__(
         self,
@@ -546,6 +613,11 @@ class MultiHeadFinetuning(MetaLearner):
         ).to(self.device)
         self.pretrain_opt = inner.make([*self.backbone.parameters(), *self.heads.parameters()])
         self.head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, num_heads=options.num_pretrain,
+                   heads=options.ft_heads)
 
     def init_task(self) -> None:
         self.model.load_state_dict(self.backbone.state_dict())
@@ -623,7 +695,7 @@ class WarpLearner(MetaLearner):
 
     Args:
         learn_init: meta-learn the initialisation with Leap (``warp_leap``) or keep the
-            initial random one (``warp``).
+            initial random one (``warp``); default: the class's :attr:`learns_init`.
         objective: one of :data:`warp_rl.updaters.WARP_OBJECTIVES`: ``"algorithm2"``,
             ``"algorithm2_detached"`` (the original code's) or ``"first_order"``.
         meta_batch_size: replayed states per outer step (1 as in the original code).
@@ -632,13 +704,19 @@ class WarpLearner(MetaLearner):
         learn_step_size: also meta-learn one inner step size per adaptable tensor.
     """
 
+    name = "warp_leap"
+    warped = True
+    options = ("warp_kwargs",)
+    #: meta-learn the initialisation (Leap) by default
+    learns_init = True
+
     def __init__(
         self,
         model: OmniConv,
         inner: OptimConfig,
         outer: OptimConfig,
         seed: int = 0,
-        learn_init: bool = True,
+        learn_init: bool | None = None,
         objective: str = "algorithm2",
         meta_batch_size: int | None = 1,
         max_states: int | None = None,
@@ -650,6 +728,7 @@ class WarpLearner(MetaLearner):
         if learn_step_size and inner.name != "sgd":
             raise ValueError("learned step sizes drive an SGD inner loop; use --inner-opt sgd")
         super().__init__(model, inner, outer, seed)
+        learn_init = self.learns_init if learn_init is None else learn_init
         self.name = "warp_leap" if learn_init else "warp"
         updater = DualUpdater(
             nn.CrossEntropyLoss(),
@@ -672,8 +751,17 @@ class WarpLearner(MetaLearner):
             learn_init=learn_init,
         )
         self.outer_opt = outer.make(self.warp.meta_parameters())
-        self.last_info = None
-        self.last_times: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, **options.warp_kwargs)
+
+    def random_streams(self) -> dict[str, torch.Generator]:
+        return {"learner": self.generator, "updater": self.warp.updater.generator,
+                "buffer": self.warp.buffer.generator}
+
+    def synced_modules(self) -> list[nn.Module]:
+        return [self.model, self.warp]
 
     def init_task(self) -> None:
         self.warp.init_adaptation()
@@ -727,7 +815,25 @@ class WarpLearner(MetaLearner):
         self.warp.buffer.generator.set_state(state["buffer_generator"])
 
 
-# --------------------------------------------------------------------------- factory
+class WarpOnlyLearner(WarpLearner):
+    """``warp``: warp layers only; the adaptable layers restart every task from the model's
+    fixed random initialisation."""
+
+    name = "warp"
+    learns_init = False
+
+
+# --------------------------------------------------------------------------- registry
+
+#: ``--meta-model`` name -> learner class, in the order the script lists them.
+LEARNERS: dict[str, type[MetaLearner]] = {
+    cls.name: cls
+    for cls in (WarpLearner, WarpOnlyLearner, Leap, Reptile, FOMAML, MAML, MultiHeadFinetuning,
+                NoMetaLearning)
+}
+METHODS = tuple(LEARNERS)
+#: the learners that take ``task_head`` (``--task-head``)
+FRESH_HEAD_METHODS = tuple(n for n, c in LEARNERS.items() if "task_head" in c.options)
 
 
 def make_learner(
@@ -744,33 +850,28 @@ def make_learner(
     ft_heads: str = "per_alphabet",
     **warp_kwargs,
 ) -> MetaLearner:
-    """Build the model (seeded with ``seed``) and the learner ``method`` (one of :data:`METHODS`).
+    """Build the model (seeded with ``seed``) and the learner ``method`` (a key of
+    :data:`LEARNERS`).
 
-    ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`)
+    ``warp`` configures the warp layers of the warped learners (default :class:`WarpConfig`)
     and ``warp_kwargs`` go to :class:`WarpLearner`; other methods use the plain classifier and
     refuse both. ``task_head`` (:data:`TASK_HEADS`) applies to :data:`FRESH_HEAD_METHODS`,
-    ``ft_heads`` (:data:`FT_HEADS`) to ``ft``.
+    ``ft_heads`` (:data:`FT_HEADS`) to ``ft``, ``maml_unroll`` to ``maml``.
     """
-    if method not in METHODS:
+    cls = LEARNERS.get(method)
+    if cls is None:
         raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
-    if task_head != "learned" and method not in FRESH_HEAD_METHODS:
-        raise ValueError(f"task_head={task_head!r} applies to {list(FRESH_HEAD_METHODS)}, "
-                         f"not {method!r}")
-    if ft_heads != "per_alphabet" and method != "ft":
-        raise ValueError(f"ft_heads={ft_heads!r} applies to 'ft', not {method!r}")
-    torch.manual_seed(seed)
-    warped = method.startswith("warp")
-    if (warp is not None or warp_kwargs) and not warped:
+    options = LearnerOptions(num_pretrain, maml_unroll, task_head, ft_heads, warp_kwargs)
+    defaults = LearnerOptions()
+    for name in ("task_head", "ft_heads"):
+        value = getattr(options, name)
+        if value != getattr(defaults, name) and name not in cls.options:
+            users = [n for n, c in LEARNERS.items() if name in c.options]
+            where = repr(users[0]) if len(users) == 1 else str(users)
+            raise ValueError(f"{name}={value!r} applies to {where}, not {method!r}")
+    if (warp is not None or warp_kwargs) and not cls.warped:
         raise ValueError(f"warp-layer options apply to warp_leap and warp, not {method!r}")
-    model = OmniConv(num_filters=num_filters, warp=(warp or WarpConfig()) if warped else None)
-    model = model.to(device)
-    init_learners: dict[str, type[InitLearner]] = {
-        "no": NoMetaLearning, "reptile": Reptile, "fomaml": FOMAML, "leap": Leap}
-    if method in init_learners:
-        return init_learners[method](model, inner, outer, seed, task_head=task_head)
-    if method == "maml":
-        return MAML(model, inner, outer, seed, unroll=maml_unroll)
-    if method == "ft":
-        return MultiHeadFinetuning(model, inner, outer, seed, num_heads=num_pretrain,
-                                   heads=ft_heads)
-    return WarpLearner(model, inner, outer, seed, learn_init=method == "warp_leap", **warp_kwargs)
+    torch.manual_seed(seed)
+    model = OmniConv(num_filters=num_filters,
+                     warp=(warp or WarpConfig()) if cls.warped else None)
+    return cls.build(model.to(device), inner, outer, seed, options)

@@ -614,7 +614,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         tasks = train_pool.sample(ids, args.task_steps, args.task_batch_size, generator)
         res = learner.meta_step(tasks)
         seconds = time.perf_counter() - t0
-        info = getattr(learner, "last_info", None)
+        info = learner.last_info
         losses = {"test_loss": res.test_loss.mean().item(), "train_loss":
                   res.train_loss.mean().item()}
         if info is not None:
