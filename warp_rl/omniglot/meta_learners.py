@@ -49,8 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from warp_rl import DualUpdater, MetaUpdateInfo, ReplayBuffer, Warp, objectives
+from warp_rl import DualUpdater, MetaUpdateInfo, ReplayBuffer, State, Warp, objectives
 
+from . import grouped
+from .grouped import GroupedModel, stack_states
 from .models import OmniConv, WarpConfig
 from .tasks import TaskBatch
 
@@ -265,6 +267,9 @@ class MetaLearner:
         self.last_info: MetaUpdateInfo | None = None
         #: seconds of the last meta-step's parts (``adapt_s``, ``meta_update_s``) where timed
         self.last_times: dict[str, float] = {}
+        #: how a batch of tasks adapts: one of :data:`~warp_rl.omniglot.grouped.TASK_BATCHING`
+        #: (``loop``: one task after another; ``grouped``: all together; ``auto``)
+        self.task_batching = "loop"
 
     @classmethod
     def build(
@@ -311,7 +316,72 @@ class MetaLearner:
 
     def evaluate(self, tasks: TaskBatch) -> TaskResults:
         """Adapt to each task independently and evaluate; meta-learned state is unchanged."""
+        if self.groups(tasks):
+            return self.adapt_grouped(tasks)[0]
         return TaskResults.cat([self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)])
+
+    # -- adapting a batch of tasks together (--task-batching grouped) --------------------------
+
+    def groups(self, tasks: TaskBatch) -> bool:
+        """Whether ``tasks`` adapt together (:meth:`adapt_grouped`) under
+        :attr:`task_batching` (``auto`` resolved by :func:`grouped.use_grouped`)."""
+        chunk = grouped.tasks_per_chunk(self.model, tasks.batch_size, self.device)
+        return grouped.use_grouped(self.task_batching, tasks.num_tasks, chunk)
+
+    def grouped_model(self) -> GroupedModel:
+        """The model run on every task's own tensors at once (in chunks on the CPU)."""
+        cpu = self.device.type != "cuda"
+        return GroupedModel(self.model, grouped.CPU_CHUNK_BYTES if cpu else None)
+
+    def adapt_names(self) -> list[str]:
+        """Names (in the model) of :meth:`adapt_parameters`."""
+        ids = {id(p) for p in self.adapt_parameters()}
+        return [n for n, p in self.model.named_parameters() if id(p) in ids]
+
+    def grouped_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """The inner optimiser over the stacked adaptable tensors ``{name: (T, ...)}``."""
+        return self.inner.make(list(params.values()))
+
+    def adapt_grouped(
+        self,
+        tasks: TaskBatch,
+        observe: Callable[[dict, dict, torch.optim.Optimizer], None] | None = None,
+    ) -> tuple[TaskResults, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Adapt to every task of ``tasks`` at once and evaluate: the loop's :meth:`adapt` of
+        each task, with one grouped forward and backward pass per step
+        (:class:`~warp_rl.omniglot.grouped.GroupedModel`).
+
+        Each task starts where :meth:`init_task` puts the model (called once per task, in task
+        order, so random draws such as fresh heads are the loop's). ``observe(params, buffers,
+        optimizer)`` is called before the first step and after every step. Afterwards the model
+        holds the last task's adapted state, as the loop leaves it.
+
+        Returns:
+            the results, and the adapted parameters ``{name: (T, ...)}`` (of
+            :meth:`adapt_names`) and buffers ``{name: (T, ...)}`` (all of the model's).
+        """
+        names = self.adapt_names()
+        starts, bufs = [], []
+        for _ in range(tasks.num_tasks):
+            self.init_task()
+            named = dict(self.model.named_parameters())
+            starts.append({n: named[n].detach().clone() for n in names})
+            bufs.append({n: b.detach().clone() for n, b in self.model.named_buffers()})
+        params = {n: t.requires_grad_() for n, t in stack_states(starts).items()}
+        buffers = stack_states(bufs)
+        opt = self.grouped_optimizer(params)
+        watch = None if observe is None else (lambda: observe(params, buffers, opt))
+        curves = self.grouped_model().adapt(params, buffers, opt, tasks, watch)
+        self._leave_model_at(params, buffers)
+        return TaskResults(*curves, tasks.task_ids.clone()), params, buffers
+
+    def _leave_model_at(self, params: dict, buffers: dict) -> None:
+        """Put the last task's tensors of ``params`` / ``buffers`` ``(T, ...)`` into the model
+        (where the loop leaves it)."""
+        named = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        with torch.no_grad():
+            for n, t in {**params, **buffers}.items():
+                named[n].copy_(t[-1])
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         """One meta-update from a meta-batch of tasks; returns their adaptation results."""
@@ -440,12 +510,19 @@ class Reptile(InitLearner):
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         start = {n: p.detach().clone() for n, p in self.init_model.named_parameters()}
         total = {n: torch.zeros_like(p) for n, p in start.items()}
+        T = tasks.num_tasks
+        if self.groups(tasks):
+            res, params, _ = self.adapt_grouped(tasks)
+            for i in range(T):
+                for n in total:
+                    total[n] += params[n][i].detach()
+            self._outer_step({n: start[n] - total[n] / T for n in start})
+            return res
         results = []
         for i in range(tasks.num_tasks):
             results.append(self.adapt(tasks.task(i)))
             for n, p in self.model.named_parameters():
                 total[n] += p.detach()
-        T = tasks.num_tasks
         self._outer_step({n: start[n] - total[n] / T for n in start})
         return TaskResults.cat(results)
 
@@ -457,6 +534,16 @@ class FOMAML(InitLearner):
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         total = {n: torch.zeros_like(p) for n, p in self.init_model.named_parameters()}
+        if self.groups(tasks):
+            res, params, buffers = self.adapt_grouped(tasks)
+            xt, yt = tasks.test_set()  # training mode (module docstring)
+            _, _, grads = self.grouped_model().losses(params, buffers, xt, yt, grads=True)
+            self._leave_model_at(params, buffers)
+            for i in range(tasks.num_tasks):
+                for n in total:
+                    total[n] += grads[n][i]
+            self._outer_step({n: g / tasks.num_tasks for n, g in total.items()})
+            return res
         results = []
         for i in range(tasks.num_tasks):
             task = tasks.task(i)
@@ -477,6 +564,8 @@ class Leap(InitLearner):
     name = "leap"
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        if self.groups(tasks):
+            return self._grouped_meta_step(tasks)
         sums, displacements, results = [], [], []
         for i in range(tasks.num_tasks):
             self.init_task()
@@ -496,6 +585,31 @@ class Leap(InitLearner):
             displacements.append({n: first[n] - prev[0][n] for n in first})
         self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
         return TaskResults.cat(results)
+
+    def _grouped_meta_step(self, tasks: TaskBatch) -> TaskResults:
+        """The loop's meta-step with the tasks adapted together: every task's path is summed
+        step by step with the norm of its own step (:func:`warp_rl.objectives.path_step`)."""
+        trail: dict[str, dict] = {}
+
+        def record(params: dict, buffers: dict, opt) -> None:
+            cur = {n: p.detach().clone() for n, p in params.items()}
+            if not trail:
+                trail.update(first=cur, path={n: torch.zeros_like(c) for n, c in cur.items()})
+            else:
+                diff = {n: trail["prev"][n] - cur[n] for n in cur}
+                norm = torch.sqrt(sum((d.double() ** 2).flatten(1).sum(1) for d in diff.values()))
+                inv = 1.0 / norm.clamp_min(1e-9)  # (T,): 1 / max(norm, eps) per task
+                for n, d in diff.items():
+                    trail["path"][n].add_(d * inv.to(d.dtype).view(-1, *[1] * (d.dim() - 1)))
+            trail["prev"] = cur
+
+        res, _, _ = self.adapt_grouped(tasks, record)
+        first, path, last = trail["first"], trail["path"], trail["prev"]
+        rows = range(tasks.num_tasks)
+        sums = [{n: path[n][i] for n in path} for i in rows]
+        displacements = [{n: first[n][i] - last[n][i] for n in first} for i in rows]
+        self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
+        return res
 
 
 class MAML(InitLearner):
@@ -539,6 +653,8 @@ class MAML(InitLearner):
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         init = dict(self.init_model.named_parameters())
         steps = tasks.steps if self.unroll is None else min(self.unroll, tasks.steps)
+        if self.groups(tasks):
+            return self._grouped_meta_step(tasks, init, steps)
         results = []
         for i in range(tasks.num_tasks):
             task = tasks.task(i)
@@ -574,6 +690,32 @@ class MAML(InitLearner):
         self.outer_opt.step()
         self.outer_opt.zero_grad(set_to_none=True)
         return TaskResults.cat(results)
+
+    def _grouped_meta_step(self, tasks: TaskBatch, init: dict, steps: int) -> TaskResults:
+        """The unrolled inner loop of every task at once: ``theta`` ``(T, ...)`` starts as the
+        initialisation repeated, the query losses' mean is differentiated back to it."""
+        T = tasks.num_tasks
+        self.model.reset_batch_norm()
+        buffers = stack_states([{n: b.detach().clone() for n, b in self.model.named_buffers()}
+                                for _ in range(T)])
+        theta = {n: p.unsqueeze(0).expand(T, *p.shape) for n, p in init.items()}
+        net = self.grouped_model()
+        self.model.train()
+        losses, accs = [], []
+        for k in range(steps):
+            x, y = tasks.train_batch(k)
+            loss, acc, grads = net.losses(theta, buffers, x, y, grads=True, create_graph=True)
+            theta = {n: t - self.inner.lr * grads[n] for n, t in theta.items()}
+            losses.append(loss)
+            accs.append(acc)
+        xt, yt = tasks.test_set()  # query in training mode (module docstring)
+        query, query_acc, _ = net.losses(theta, buffers, xt, yt)
+        (query.sum() / T).backward()
+        self._sync_grads(self.init_model.parameters())
+        self.outer_opt.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+        return TaskResults(torch.stack(losses, 1).cpu(), torch.stack(accs, 1).cpu(),
+                           query.detach().cpu(), query_acc.cpu(), tasks.task_ids.clone())
 
 
 class MultiHeadFinetuning(MetaLearner):
@@ -766,6 +908,21 @@ class WarpLearner(MetaLearner):
     def init_task(self) -> None:
         self.warp.init_adaptation()
 
+    def adapt_parameters(self) -> list[nn.Parameter]:
+        return self.warp.adapt_parameters()
+
+    def grouped_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """As :meth:`warp_rl.Warp.adapt_optimizer` (the learned step sizes) for SGD."""
+        if self.inner.name != "sgd":
+            return super().grouped_optimizer(params)
+        groups = [
+            {"params": [params[n]], "lr": float(a), "momentum": float(m)}
+            for n, a, m in zip(self.warp.partition.adapt_names,
+                               self.warp.step_size.detach().tolist(),
+                               self.warp.momentum.detach().tolist(), strict=True)
+        ]
+        return torch.optim.SGD(groups, lr=groups[0]["lr"])
+
     def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
         self.warp.init_adaptation()
         if self.warp.collecting:
@@ -782,8 +939,11 @@ class WarpLearner(MetaLearner):
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         t0 = time.perf_counter()
-        self.warp.collect()
-        results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
+        if self.groups(tasks):
+            results = [self._adapt_grouped_storing(tasks)]
+        else:
+            self.warp.collect()
+            results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
         _synchronize(self.device)
         t1 = time.perf_counter()
 
@@ -797,6 +957,42 @@ class WarpLearner(MetaLearner):
         _synchronize(self.device)
         self.last_times = {"adapt_s": t1 - t0, "meta_update_s": time.perf_counter() - t1}
         return TaskResults.cat(results)
+
+    def _adapt_grouped_storing(self, tasks: TaskBatch) -> TaskResults:
+        """Adapt to ``tasks`` together and store their states in the replay buffer as the
+        loop's collection does: ``theta_0 ... theta_K`` of each task with the adaptable
+        buffers and momentum at that point, offered to the buffer task after task once all
+        have adapted (so that its reservoir draws come in the loop's order)."""
+        warp, buffer = self.warp, self.warp.buffer
+        warp.no_collect()  # the wrapper's hook stays off: the states are offered below
+        dev, track = buffer.device, warp.tracks_momentum
+        buffer_names = warp.partition.adapt_buffer_names
+        snapshots = []
+
+        def observe(params: dict, buffers: dict, opt: torch.optim.Optimizer) -> None:
+            momentum = {}
+            if track:
+                for n, p in params.items():
+                    m = opt.state.get(p, {}).get("momentum_buffer")
+                    momentum[n] = (torch.zeros_like(p, device=dev) if m is None
+                                   else m.detach().to(dev, copy=True))
+            snapshots.append((
+                {n: p.detach().to(dev, copy=True) for n, p in params.items()},
+                {n: buffers[n].detach().to(dev, copy=True) for n in buffer_names},
+                momentum,
+            ))
+
+        results, _, _ = self.adapt_grouped(tasks, observe)
+        # a capped buffer keeps a few states: copies, so as not to hold every task's storage
+        own = buffer.max_states_per_task is not None
+        for i in range(tasks.num_tasks):
+            index = buffer.new_task(tasks.task(i))
+            for snapshot in snapshots:
+                params, buffers, momentum = (
+                    {n: v[i].clone() if own else v[i] for n, v in part.items()}
+                    for part in snapshot)
+                buffer.add(index, State(params, buffers, momentum))
+        return results
 
     def state_dict(self) -> dict:
         return {
@@ -848,10 +1044,15 @@ def make_learner(
     maml_unroll: int | None = None,
     task_head: str = "learned",
     ft_heads: str = "per_alphabet",
+    task_batching: str = "loop",
     **warp_kwargs,
 ) -> MetaLearner:
     """Build the model (seeded with ``seed``) and the learner ``method`` (a key of
     :data:`LEARNERS`).
+
+    ``task_batching`` (:data:`~warp_rl.omniglot.grouped.TASK_BATCHING`) says how a batch of
+    tasks adapts: one after another (``loop``), together (``grouped``: every learner's
+    evaluation and every meta-step but ``ft``'s pretraining) or ``auto``.
 
     ``warp`` configures the warp layers of the warped learners (default :class:`WarpConfig`)
     and ``warp_kwargs`` go to :class:`WarpLearner`; other methods use the plain classifier and
@@ -861,6 +1062,9 @@ def make_learner(
     cls = LEARNERS.get(method)
     if cls is None:
         raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
+    if task_batching not in grouped.TASK_BATCHING:
+        raise ValueError(f"task_batching {task_batching!r} unknown; choose from "
+                         f"{list(grouped.TASK_BATCHING)}")
     options = LearnerOptions(num_pretrain, maml_unroll, task_head, ft_heads, warp_kwargs)
     defaults = LearnerOptions()
     for name in ("task_head", "ft_heads"):
@@ -874,4 +1078,6 @@ def make_learner(
     torch.manual_seed(seed)
     model = OmniConv(num_filters=num_filters,
                      warp=(warp or WarpConfig()) if cls.warped else None)
-    return cls.build(model.to(device), inner, outer, seed, options)
+    learner = cls.build(model.to(device), inner, outer, seed, options)
+    learner.task_batching = task_batching
+    return learner
