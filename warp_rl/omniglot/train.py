@@ -41,6 +41,7 @@ from warp_rl.updaters import WARP_OBJECTIVES
 
 from .data import OmniglotDataError, default_data_root, load_omniglot
 from .distributed import DataParallelLearner
+from .grouped import TASK_BATCHING
 from .meta_learners import (
     FRESH_HEAD_METHODS,
     FT_HEADS,
@@ -63,7 +64,7 @@ checkpoints (no ``format`` key) cannot be resumed."""
 RESUMABLE = {
     "meta_steps", "validate_every", "val_tasks", "eval_tasks", "device", "threads", "out",
     "resume", "one_shot", "one_shot_path", "progress", "checkpoint_every", "data_root",
-    "cache_dir", "download", "test", "dist_timeout",
+    "cache_dir", "download", "test", "dist_timeout", "task_batching",
 }
 
 
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="fetch the official archives "
                    "into --data-root if no data is there (verified by checksum)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--task-batching", default="auto", choices=TASK_BATCHING,
+                   help="how the tasks of a meta-batch adapt: one after another (loop), or all "
+                   "together, one grouped convolution per layer and step (grouped; every "
+                   "method's meta-step but ft's pretraining, and the one-shot runs); auto: "
+                   "grouped where measured faster (2 or more tasks, on the CPU at least 2 per "
+                   "16 MiB chunk; docs/omniglot.md), else loop")
     g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch CPU threads (1 was measured fastest for these small convolutions "
                    "on a 2-core machine, see docs/omniglot.md)")
@@ -305,7 +312,8 @@ def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner
     return make_learner(args.meta_model, inner, outer, seed=args.seed, device=device,
                         num_pretrain=args.num_pretrain, num_filters=args.num_filters,
                         warp=_warp_config(args), maml_unroll=args.maml_unroll,
-                        task_head=args.task_head, ft_heads=args.ft_heads, **warp_kwargs)
+                        task_head=args.task_head, ft_heads=args.ft_heads,
+                        task_batching=args.task_batching, **warp_kwargs)
 
 
 #: a run whose rest is estimated (after its first meta-step) to take longer than this many
