@@ -127,7 +127,7 @@ class GroupedModel:
         if x.dim() != 5:
             raise ValueError(f"expected images (T, B, C, H, W), got {tuple(x.shape)}")
         t, b, c, h, w = x.shape
-        run = _Run(self.model, params, buffers, t, training, self.channels_last)
+        run = _Run(self.model, params, buffers, t, training)
         z = x.transpose(0, 1).reshape(b, t * c, h, w)
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
@@ -228,19 +228,56 @@ class GroupedModel:
                 torch.stack(accs, 1).cpu() if accs else empty, test_loss.cpu(), test_acc.cpu())
 
 
+def batch_norm_train(
+    z: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    momentum: float,
+    eps: float,
+) -> torch.Tensor:
+    """Training-mode batch norm of ``z`` ``(N, C, H, W)`` over ``(N, H, W)`` per channel, as
+    ``F.batch_norm`` (running statistics updated in place the same way: the variance unbiased),
+    with the per-channel sums accumulated in float64.
+
+    Why not ``F.batch_norm``: on a channels-last tensor the CPU kernel sums in float32 (one
+    pass, mean and mean square), and its float32 results were about 20x, its gradients 5-45x
+    further from float64 than the standard-layout kernel's that the loop uses; near-ties in the
+    next max-pool then flip earlier and meta-gradients drift. Converting to the standard layout
+    and back around it cost more than this. Written with differentiable operations, so maml can
+    differentiate it twice.
+    """
+    n = z.numel() // z.shape[1]
+    if n < 2:
+        raise ValueError(f"batch norm needs more than 1 value per channel in training, got {n}")
+    dims = (0, 2, 3)
+    mean = (z.sum(dims, keepdim=True, dtype=torch.float64) / n).to(z.dtype)
+    centred = z - mean
+    var = (centred.square().sum(dims, keepdim=True, dtype=torch.float64) / n).to(z.dtype)
+    with torch.no_grad():
+        running_mean.mul_(1.0 - momentum).add_(mean.flatten(), alpha=momentum)
+        running_var.mul_(1.0 - momentum).add_(var.flatten(), alpha=momentum * n / (n - 1))
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight.view(1, -1, 1, 1)
+    if bias is None:
+        return centred * scale
+    return torch.addcmul(bias.view(1, -1, 1, 1), centred, scale)
+
+
 class _Run:
     """One grouped forward pass: the modules of ``model`` on ``T`` tasks' stacked channels."""
 
     def __init__(
         self, model: nn.Module, params: Tensors, buffers: Tensors, num_tasks: int,
-        training: bool, channels_last: bool,
+        training: bool,
     ) -> None:
         self.params = params
         self.buffers = buffers
         self.shared = dict(model.named_parameters())
         self.t = num_tasks
         self.training = training
-        self.channels_last = channels_last
 
     def weight(self, name: str) -> tuple[torch.Tensor, bool]:
         """The tensor ``name`` and whether it is per task (leading ``T``)."""
@@ -285,15 +322,13 @@ class _Run:
                                       "with a cumulative average")
         weight = self._stacked(f"{name}.weight") if m.affine else None
         bias = self._stacked(f"{name}.bias") if m.affine else None
-        mean, var = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
-        if self.training:
-            self.buffers[f"{name}.num_batches_tracked"].add_(1)
-        # views of the (T, C) statistics: the training-mode update lands in them. Batch norm
-        # runs on the standard (NCHW) layout: the CPU's channels-last kernel sums in float32,
-        # and the gradients came out 5 to 45 times further from float64 than the loop's
-        out = F.batch_norm(z.contiguous(), mean.view(-1), var.view(-1), weight, bias,
-                           self.training, m.momentum, m.eps)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        # views of the (T, C) statistics: the training-mode update lands in them
+        mean = self.buffers[f"{name}.running_mean"].view(-1)
+        var = self.buffers[f"{name}.running_var"].view(-1)
+        if not self.training:
+            return F.batch_norm(z, mean, var, weight, bias, False, m.momentum, m.eps)
+        self.buffers[f"{name}.num_batches_tracked"].add_(1)
+        return batch_norm_train(z, weight, bias, mean, var, m.momentum, m.eps)
 
     def warp_layer(self, name: str, m: WarpLayer, x: torch.Tensor) -> torch.Tensor:
         h = x if m.bn_in is None else self.batch_norm(f"{name}.bn_in", m.bn_in, x)
