@@ -290,3 +290,23 @@ def test_float32_error_is_the_loops():
     err_loop = (loop(model, x) - reference).norm() / reference.norm()
     err_group = (group(model, x) - reference).norm() / reference.norm()
     assert err_group < 2 * err_loop
+
+
+def test_bench_times_both_modes_and_reports_the_speed_up(real, capsys, tmp_path):
+    from warp_rl.omniglot import bench
+
+    rows = bench.main(["--meta-model", "warp_leap", "--tasks", "2", "--task-steps", "1",
+                       "--num-filters", "4", "--task-batch-size", "4", "--warp-max-states", "1",
+                       "--json", str(tmp_path / "rows.json")])
+    timed = [r for r in rows if "task_batching" in r]
+    assert [(r["task_batching"], r["grouped"]) for r in timed] == [("loop", False),
+                                                                   ("grouped", True)]
+    for r in timed:
+        assert r["s_per_meta_step"] > 0 and r["cpu_s_per_meta_step"] > 0
+        assert r["adapt_s"] > 0 and r["states"] == 2 and "s_per_meta_step_20_tasks" in r
+    (ratio,) = [r for r in rows if "speedup_of" in r]
+    assert ratio["speedup"] == pytest.approx(timed[0]["s_per_meta_step"]
+                                             / timed[1]["s_per_meta_step"])
+    assert {"cpu_speedup", "adapt_speedup"} <= ratio.keys()
+    out = capsys.readouterr().out
+    assert "| 2 | 1 | grouped |" in out and (tmp_path / "rows.json").is_file()
