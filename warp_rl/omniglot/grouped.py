@@ -19,16 +19,18 @@ every task:
   Adam act elementwise and count steps per tensor, the same for every task).
 
 The numbers are those of the loop up to float round-off (tested in float64 against the loop
-after several steps and for every learner's meta-gradient).
+after several steps and for every learner's meta-gradient, and in float32 for being as close
+to float64 as the loop).
 
-On the CPU the tasks go through in chunks (:func:`tasks_per_chunk`): one grouped call per chunk
-and step. Above about 32 MiB glibc's ``malloc`` hands out large blocks with ``mmap`` and
-returns them when freed, so every step page-faults its fresh activations again: on one core of
-a 2-core x86-64 CPU, a forward and backward of 20 tasks in one call took 0.62 CPU-s (66,000
-page faults), in chunks of 4 tasks 0.46 CPU-s (none), the loop 0.81 CPU-s (64 filters, batch
-20). Tensors are kept in the channels-last memory format, whose max-pooling kernel is
-vectorised (the loop's NCHW max-pool takes longer than its convolutions). On CUDA all tasks go
-in one call.
+Activations are kept in the channels-last memory format, whose CPU max-pooling kernel is
+vectorised (the loop's NCHW max-pool takes longer than its convolutions); training-mode batch
+norm is :func:`batch_norm_train` (the CPU's channels-last batch-norm kernel is imprecise in
+float32). On the CPU the tasks go through in chunks (:func:`tasks_per_chunk`), one grouped call
+per chunk and step: glibc's ``malloc`` serves blocks above about 32 MiB with ``mmap`` and
+returns them when freed, so every step page-faults such activations afresh. Measured on one
+core of a 2-core x86-64 CPU (64 filters, batch 20, 20 tasks, forward and backward, process CPU
+seconds): 0.62 s in one call (66,000 page faults), 0.46 s in chunks of 4 tasks (none), the loop
+0.81 s. On CUDA all tasks go in one call.
 """
 
 from __future__ import annotations
@@ -114,20 +116,23 @@ class GroupedModel:
             return [slice(0, num_tasks)]
         _, b, _, h, w = x.shape
         per_task = b * self.model.num_filters * h * w * x.element_size()
-        n = max(1, self.max_chunk_bytes // per_task)
-        return [slice(s, min(num_tasks, s + n)) for s in range(0, num_tasks, n)]
+        most = max(1, self.max_chunk_bytes // per_task)
+        k = -(-num_tasks // most)  # as few chunks as allowed, sizes differing by 1 at most
+        return [slice(i * num_tasks // k, (i + 1) * num_tasks // k) for i in range(k)]
 
     # -- the forward pass ------------------------------------------------------------------
 
     def forward(
-        self, params: Tensors, buffers: Tensors, x: torch.Tensor, training: bool
+        self, params: Tensors, buffers: Tensors, x: torch.Tensor, training: bool,
+        twice: bool = False,
     ) -> torch.Tensor:
         """Logits ``(T, B, classes)`` of images ``x`` ``(T, B, C, H, W)``, task ``t``'s with
-        its own tensors (one grouped call, no chunks)."""
+        its own tensors (one grouped call, no chunks); ``twice``: a graph that can be
+        differentiated twice (maml)."""
         if x.dim() != 5:
             raise ValueError(f"expected images (T, B, C, H, W), got {tuple(x.shape)}")
         t, b, c, h, w = x.shape
-        run = _Run(self.model, params, buffers, t, training)
+        run = _Run(self.model, params, buffers, t, training, twice)
         z = x.transpose(0, 1).reshape(b, t * c, h, w)
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
@@ -173,7 +178,8 @@ class GroupedModel:
         losses, accs, parts = [], [], []
         for sl in self.chunks(num, x):
             views = {n: p[sl] for n, p in params.items()}
-            logits = self.forward(views, {n: b[sl] for n, b in buffers.items()}, x[sl], training)
+            logits = self.forward(views, {n: b[sl] for n, b in buffers.items()}, x[sl], training,
+                                  twice=create_graph)
             n_tasks, n_batch, classes = logits.shape
             loss = F.cross_entropy(logits.reshape(-1, classes), y[sl].reshape(-1),
                                    reduction="none").view(n_tasks, n_batch).mean(1)
@@ -228,6 +234,9 @@ class GroupedModel:
                 torch.stack(accs, 1).cpu() if accs else empty, test_loss.cpu(), test_acc.cpu())
 
 
+_DIMS = (0, 2, 3)
+
+
 def batch_norm_train(
     z: torch.Tensor,
     weight: torch.Tensor | None,
@@ -236,34 +245,70 @@ def batch_norm_train(
     running_var: torch.Tensor,
     momentum: float,
     eps: float,
+    twice: bool = False,
 ) -> torch.Tensor:
     """Training-mode batch norm of ``z`` ``(N, C, H, W)`` over ``(N, H, W)`` per channel, as
-    ``F.batch_norm`` (running statistics updated in place the same way: the variance unbiased),
-    with the per-channel sums accumulated in float64.
+    ``F.batch_norm`` (running statistics updated in place the same way, the variance unbiased),
+    with the variance in two passes (mean, then mean square of ``z - mean``) and the backward
+    sums as reductions of their own.
 
-    Why not ``F.batch_norm``: on a channels-last tensor the CPU kernel sums in float32 (one
-    pass, mean and mean square), and its float32 results were about 20x, its gradients 5-45x
-    further from float64 than the standard-layout kernel's that the loop uses; near-ties in the
-    next max-pool then flip earlier and meta-gradients drift. Converting to the standard layout
-    and back around it cost more than this. Written with differentiable operations, so maml can
-    differentiate it twice.
+    Why not ``F.batch_norm``: on a channels-last tensor the CPU kernel takes mean and mean
+    square in one float32 pass (they cancel when the mean is large against the spread, as for
+    max-pooled conv outputs) and sums its backward the same way; its float32 results were
+    about 20x, its gradients 5-45x further from float64 than the standard-layout kernel's that
+    the loop uses, so near-ties in the next max-pool flipped earlier. Converting to the standard
+    layout and back around it costs more than this.
+
+    ``twice``: build the graph from differentiable operations (maml differentiates the
+    gradient); otherwise one autograd node with the closed-form backward.
     """
     n = z.numel() // z.shape[1]
     if n < 2:
         raise ValueError(f"batch norm needs more than 1 value per channel in training, got {n}")
-    dims = (0, 2, 3)
-    mean = (z.sum(dims, keepdim=True, dtype=torch.float64) / n).to(z.dtype)
-    centred = z - mean
-    var = (centred.square().sum(dims, keepdim=True, dtype=torch.float64) / n).to(z.dtype)
+    c = z.shape[1]
+    weight = z.new_ones(c) if weight is None else weight
+    bias = z.new_zeros(c) if bias is None else bias
+    if twice:
+        mean = z.mean(_DIMS, keepdim=True)
+        centred = z - mean
+        var = centred.square().mean(_DIMS, keepdim=True)
+        out = torch.addcmul(bias.view(1, -1, 1, 1), centred,
+                            (var + eps).rsqrt() * weight.view(1, -1, 1, 1))
+    else:
+        out, mean, var = _BatchNorm.apply(z, weight, bias, eps)
     with torch.no_grad():
         running_mean.mul_(1.0 - momentum).add_(mean.flatten(), alpha=momentum)
         running_var.mul_(1.0 - momentum).add_(var.flatten(), alpha=momentum * n / (n - 1))
-    scale = (var + eps).rsqrt()
-    if weight is not None:
-        scale = scale * weight.view(1, -1, 1, 1)
-    if bias is None:
-        return centred * scale
-    return torch.addcmul(bias.view(1, -1, 1, 1), centred, scale)
+    return out
+
+
+class _BatchNorm(torch.autograd.Function):
+    """Batch norm's forward (two-pass variance) and closed-form backward, once differentiable."""
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, eps):
+        mean = z.mean(_DIMS, keepdim=True)
+        xhat = z - mean
+        var = xhat.square().mean(_DIMS, keepdim=True)
+        rstd = (var + eps).rsqrt()
+        xhat.mul_(rstd)
+        out = torch.addcmul(bias.view(1, -1, 1, 1), xhat, weight.view(1, -1, 1, 1))
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _mean, _var):
+        xhat, rstd, weight = ctx.saved_tensors
+        n = grad.numel() // grad.shape[1]
+        grad_bias = grad.sum(_DIMS)
+        grad_weight = (grad * xhat).sum(_DIMS)
+        scale = rstd.flatten() * weight  # d out / d xhat, per channel, times 1 / std
+        per = lambda v: v.view(1, -1, 1, 1)  # noqa: E731
+        grad_z = torch.addcmul(per(-scale * grad_bias / n), grad, per(scale))
+        grad_z.addcmul_(xhat, per(-scale * grad_weight / n))
+        return grad_z, grad_weight, grad_bias, None
 
 
 class _Run:
@@ -271,13 +316,14 @@ class _Run:
 
     def __init__(
         self, model: nn.Module, params: Tensors, buffers: Tensors, num_tasks: int,
-        training: bool,
+        training: bool, twice: bool = False,
     ) -> None:
         self.params = params
         self.buffers = buffers
         self.shared = dict(model.named_parameters())
         self.t = num_tasks
         self.training = training
+        self.twice = twice
 
     def weight(self, name: str) -> tuple[torch.Tensor, bool]:
         """The tensor ``name`` and whether it is per task (leading ``T``)."""
@@ -328,7 +374,7 @@ class _Run:
         if not self.training:
             return F.batch_norm(z, mean, var, weight, bias, False, m.momentum, m.eps)
         self.buffers[f"{name}.num_batches_tracked"].add_(1)
-        return batch_norm_train(z, weight, bias, mean, var, m.momentum, m.eps)
+        return batch_norm_train(z, weight, bias, mean, var, m.momentum, m.eps, self.twice)
 
     def warp_layer(self, name: str, m: WarpLayer, x: torch.Tensor) -> torch.Tensor:
         h = x if m.bn_in is None else self.batch_norm(f"{name}.bn_in", m.bn_in, x)
