@@ -309,3 +309,17 @@ def test_ft_heads(heads):
     assert ("heads.0.weight" in diff) == (heads == "shared")
     if heads == "per_alphabet":
         assert {"heads.1.weight", "heads.2.weight"} <= diff
+
+
+def test_registry_names_every_learner_and_data_parallel_refuses_ft():
+    from warp_rl.omniglot.distributed import DataParallelLearner
+    from warp_rl.omniglot.meta_learners import LEARNERS
+
+    assert METHODS == tuple(LEARNERS)
+    for name, cls in LEARNERS.items():
+        lr = learner(name)
+        assert type(lr) is cls and lr.name == name == cls.name
+        assert (lr.model.warp_config is not None) == cls.warped
+        assert lr.random_streams()["learner"] is lr.generator
+    with pytest.raises(ValueError, match="ft cannot run on several processes"):
+        DataParallelLearner(learner("ft"), seed=0)

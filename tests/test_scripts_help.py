@@ -62,6 +62,9 @@ def test_command_line_names_equal_the_code() -> None:
     assert cli.METHODS == meta_learners.METHODS
     assert cli.TASK_HEADS == meta_learners.TASK_HEADS
     assert cli.FT_HEADS == meta_learners.FT_HEADS
+    from warp_rl.omniglot import grouped
+
+    assert cli.TASK_BATCHING == grouped.TASK_BATCHING
     assert cli.ACTIVATIONS == tuple(sorted(models.ACTIVATIONS))
     assert cli.WARP_OBJECTIVES == updaters.WARP_OBJECTIVES
     assert cli.WARP_FILTERS_DEFAULT == models.WarpConfig().filters

@@ -21,6 +21,8 @@ ACTIVATIONS: tuple[str, ...] = ("leakyrelu", "none", "relu", "sigmoid", "tanh")
 """``--warp-act``: the sorted names of :data:`warp_rl.omniglot.models.ACTIVATIONS`."""
 WARP_OBJECTIVES: tuple[str, ...] = ("algorithm2", "algorithm2_detached", "first_order")
 """``--warp-objective``: :data:`warp_rl.updaters.WARP_OBJECTIVES`."""
+TASK_BATCHING: tuple[str, ...] = ("loop", "grouped", "auto")
+"""``--task-batching``: :data:`warp_rl.omniglot.grouped.TASK_BATCHING`."""
 WARP_FILTERS_DEFAULT = 64
 """``--warp-filters``: the default of :attr:`warp_rl.omniglot.models.WarpConfig.filters`."""
 
@@ -124,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="fetch the official archives "
                    "into --data-root if no data is there (verified by checksum)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--task-batching", default="auto", choices=TASK_BATCHING,
+                   help="how the tasks of a meta-batch adapt: one after another (loop), or all "
+                   "together, one grouped convolution per layer and step (grouped; every "
+                   "method's meta-step but ft's pretraining, and the one-shot runs); auto: "
+                   "grouped where measured faster (2 or more tasks, on the CPU at least 2 per "
+                   "16 MiB chunk; docs/omniglot.md), else loop")
     g.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch CPU threads (1 was measured fastest for these small convolutions "
                    "on a 2-core machine, see docs/omniglot.md)")

@@ -30,11 +30,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from warp_rl import distributed
 
-from .meta_learners import MetaLearner, MultiHeadFinetuning, TaskResults, WarpLearner
+from .meta_learners import MetaLearner, TaskResults
 from .tasks import TaskBatch
 
 
@@ -45,24 +44,27 @@ class DataParallelLearner:
         learner: this rank's learner, built with the run's seed (identical on every rank).
         seed: the run's seed (rank-local streams are derived from it).
 
+    What it uses of the learner is declared on :class:`MetaLearner`:
+    :attr:`~MetaLearner.data_parallel_refusal`, :attr:`~MetaLearner.grad_sync`,
+    :meth:`~MetaLearner.random_streams`, :meth:`~MetaLearner.synced_modules`,
+    :attr:`~MetaLearner.last_info` and :attr:`~MetaLearner.last_times`.
+
     Raises:
-        ValueError: for ``ft`` (its pretraining takes one optimiser step per task batch, in an
-            order interleaved across tasks: not a meta-gradient that ranks can average).
+        ValueError: for a learner with a :attr:`~MetaLearner.data_parallel_refusal` (``ft``:
+            its pretraining takes one optimiser step per task batch, in an order interleaved
+            across tasks: not a meta-gradient that ranks can average).
     """
 
     def __init__(self, learner: MetaLearner, seed: int) -> None:
-        if isinstance(learner, MultiHeadFinetuning):
-            raise ValueError("--meta-model ft cannot run on several processes (its pretraining "
-                             "steps once per task batch); run it as a single process")
+        if learner.data_parallel_refusal is not None:
+            raise ValueError(learner.data_parallel_refusal)
         self.learner = learner
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         learner.grad_sync = distributed.average_gradients_
-        for offset, gen in enumerate(self._streams().values()):
+        for offset, gen in enumerate(learner.random_streams().values()):
             gen.manual_seed(distributed.rank_seed(seed + offset, self.rank))
-        for name in ("model", "init_model", "warp"):  # same start everywhere (seeded anyway)
-            module = getattr(learner, name, None)
-            if isinstance(module, nn.Module):
-                distributed.broadcast_module_(module)
+        for module in learner.synced_modules():  # same start everywhere (seeded anyway)
+            distributed.broadcast_module_(module)
         self.last_info = None
 
     # -- what a learner answers ---------------------------------------------------------------
@@ -80,7 +82,7 @@ class DataParallelLearner:
 
     @property
     def last_times(self) -> dict[str, float]:
-        return getattr(self.learner, "last_times", {})
+        return self.learner.last_times
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         """Adapt this rank's share of ``tasks``, take the (averaged) meta-update; returns the
@@ -88,7 +90,7 @@ class DataParallelLearner:
         share = distributed.even_share(tasks.num_tasks, "meta_batch_size")
         mine = tasks.select(slice(self.rank * share, (self.rank + 1) * share))
         results = self.learner.meta_step(mine)
-        info = getattr(self.learner, "last_info", None)
+        info = self.learner.last_info
         if info is not None:  # the meta-loss over all ranks' states
             numbers = torch.tensor([info.meta_loss * info.num_states, info.num_states],
                                    dtype=torch.float64)
@@ -109,24 +111,15 @@ class DataParallelLearner:
         return TaskResults.cat([p for p in parts if p is not None])
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _streams(self) -> dict[str, torch.Generator]:
-        """The rank-local random generators, seeded ``seed``, ``seed + 1``, ``seed + 2`` as
-        ``make_learner`` seeds them on a single process."""
-        streams = {"learner": self.learner.generator}
-        if isinstance(self.learner, WarpLearner):
-            streams["updater"] = self.learner.warp.updater.generator
-            streams["buffer"] = self.learner.warp.buffer.generator
-        return streams
-
     def state_dict(self) -> dict:
         """The learner's state (identical on every rank) and every rank's random streams.
         A collective: every rank calls it; rank 0 writes it."""
-        streams = {k: g.get_state() for k, g in self._streams().items()}
+        streams = {k: g.get_state() for k, g in self.learner.random_streams().items()}
         return {**self.learner.state_dict(), "world_size": self.world_size,
                 "rank_streams": distributed.all_gather_object(streams, "all_gather of RNGs")}
 
     def load_state_dict(self, state: dict) -> None:
         distributed.check_resume_world_size(int(state.get("world_size", 1)), "task split")
         self.learner.load_state_dict(state)
-        for name, gen in self._streams().items():
+        for name, gen in self.learner.random_streams().items():
             gen.set_state(state["rank_streams"][self.rank][name])

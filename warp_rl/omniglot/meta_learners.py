@@ -42,25 +42,24 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from warp_rl import DualUpdater, ReplayBuffer, Warp, objectives
+from warp_rl import DualUpdater, MetaUpdateInfo, ReplayBuffer, State, Warp, objectives
 
+from . import grouped
+from .grouped import GroupedModel, stack_states
 from .models import OmniConv, WarpConfig
 from .tasks import TaskBatch
-
-METHODS = ("warp_leap", "warp", "leap", "reptile", "fomaml", "maml", "ft", "no")
 
 #: Where a task's classifier head starts (``--task-head``): ``learned``, the meta-learned
 #: initialisation's head (default), or ``fresh``, a newly initialised head for every task, as
 #: the original code does for these baselines (its ``warp_leap`` starts from its learned head).
 TASK_HEADS = ("learned", "fresh")
-FRESH_HEAD_METHODS = ("leap", "reptile", "fomaml", "no")
 #: ``ft``'s pretraining heads (``--ft-heads``): one per pretraining alphabet (default) or one
 #: head shared by all alphabets, which is what the original code's ``[linear] * N`` builds.
 FT_HEADS = ("per_alphabet", "shared")
@@ -92,6 +91,26 @@ class OptimConfig:
         if self.name == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         return torch.optim.Adam(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class LearnerOptions:
+    """The method-specific settings of :func:`make_learner`; each learner reads the ones it
+    names in :attr:`MetaLearner.options` (in its :meth:`MetaLearner.build`).
+
+    Attributes:
+        num_pretrain: meta-training alphabets (``ft`` has one head per alphabet).
+        maml_unroll: ``maml``'s unrolled inner steps (None: all of them).
+        task_head: one of :data:`TASK_HEADS` (the initialisation learners but ``maml``).
+        ft_heads: one of :data:`FT_HEADS` (``ft``).
+        warp_kwargs: keyword arguments of :class:`WarpLearner` (``warp_leap``, ``warp``).
+    """
+
+    num_pretrain: int = 1
+    maml_unroll: int | None = None
+    task_head: str = "learned"
+    ft_heads: str = "per_alphabet"
+    warp_kwargs: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- results
@@ -160,14 +179,10 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == y).float().mean()
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
 def adapt_task(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     task: TaskBatch,
-    forward: Forward | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> TaskResults:
     """Adapt ``model`` to one task (``task.num_tasks == 1``) and evaluate it on held-out data.
@@ -176,17 +191,15 @@ def adapt_task(
         model: the network, already reset to where adaptation starts.
         optimizer: inner optimiser over the parameters to adapt.
         task: a single task.
-        forward: ``images -> logits``; default ``model``.
         after_step: called after every optimiser step (e.g. to record the trajectory).
     """
     if task.num_tasks != 1:
         raise ValueError(f"adapt_task takes one task, got {task.num_tasks}")
-    forward = model if forward is None else forward
     model.train()
     losses, accs = [], []
     for k in range(task.steps):
         x, y = task.train_batch(k)
-        logits = forward(x[0])
+        logits = model(x[0])
         loss = F.cross_entropy(logits, y[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,7 +211,7 @@ def adapt_task(
     model.eval()
     with torch.no_grad():
         xt, yt = task.test_set()
-        logits = forward(xt[0])
+        logits = model(xt[0])
         test_loss = F.cross_entropy(logits, yt[0])
         test_acc = _accuracy(logits, yt[0])
     model.train()
@@ -226,9 +239,18 @@ class MetaLearner:
         seed: seed of the learner's own generator (head initialisation, ft's batch order).
     """
 
+    #: the ``--meta-model`` name (the key in :data:`LEARNERS`).
     name = "base"
     #: False for learners without meta-training (``no``): the script skips the loop.
     trains = True
+    #: the classifier has warp layers (:func:`make_learner` builds it with a WarpConfig).
+    warped = False
+    #: the :class:`LearnerOptions` fields this learner reads; :func:`make_learner` refuses a
+    #: non-default value of any other (``num_pretrain`` is a fact of the run, never refused).
+    options: tuple[str, ...] = ()
+    #: why the learner cannot be split over processes, or None if it can
+    #: (:class:`~warp_rl.omniglot.distributed.DataParallelLearner` refuses it with this).
+    data_parallel_refusal: str | None = None
     #: Called on the meta-parameters that have a ``.grad`` right before every outer optimiser
     #: step; data-parallel training sets it to average the gradients over ranks
     #: (:mod:`warp_rl.omniglot.distributed`). ``None``: a single process, nothing to do.
@@ -241,6 +263,32 @@ class MetaLearner:
         self.inner = inner
         self.outer = outer
         self.generator = torch.Generator().manual_seed(seed)
+        #: what the last meta-step's warp meta-update did (warp learners; None for the others)
+        self.last_info: MetaUpdateInfo | None = None
+        #: seconds of the last meta-step's parts (``adapt_s``, ``meta_update_s``) where timed
+        self.last_times: dict[str, float] = {}
+        #: how a batch of tasks adapts: one of :data:`~warp_rl.omniglot.grouped.TASK_BATCHING`
+        #: (``loop``: one task after another; ``grouped``: all together; ``auto``)
+        self.task_batching = "loop"
+
+    @classmethod
+    def build(
+        cls, model: OmniConv, inner: OptimConfig, outer: OptimConfig, seed: int,
+        options: LearnerOptions,
+    ) -> MetaLearner:
+        """The learner for :func:`make_learner`, taking from ``options`` what it declares in
+        :attr:`options`."""
+        return cls(model, inner, outer, seed)
+
+    def random_streams(self) -> dict[str, torch.Generator]:
+        """The learner's random generators by name, in the order :func:`make_learner` seeds
+        them (``seed``, ``seed + 1``, ...); data-parallel ranks reseed and checkpoint them."""
+        return {"learner": self.generator}
+
+    def synced_modules(self) -> list[nn.Module]:
+        """The modules every data-parallel rank must start from identical (broadcast from
+        rank 0)."""
+        return [self.model]
 
     @property
     def device(self) -> torch.device:
@@ -253,10 +301,6 @@ class MetaLearner:
     def adapt_parameters(self) -> list[nn.Parameter]:
         """What the inner optimiser adapts (default: every parameter of the model)."""
         return list(self.model.parameters())
-
-    def forward_fn(self, task_id: int, meta_train: bool) -> Forward | None:
-        """``images -> logits`` for a task (``None``: the model itself)."""
-        return None
 
     def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
         """Reset, adapt to one task, evaluate on its held-out drawings."""
@@ -272,7 +316,72 @@ class MetaLearner:
 
     def evaluate(self, tasks: TaskBatch) -> TaskResults:
         """Adapt to each task independently and evaluate; meta-learned state is unchanged."""
+        if self.groups(tasks):
+            return self.adapt_grouped(tasks)[0]
         return TaskResults.cat([self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)])
+
+    # -- adapting a batch of tasks together (--task-batching grouped) --------------------------
+
+    def groups(self, tasks: TaskBatch) -> bool:
+        """Whether ``tasks`` adapt together (:meth:`adapt_grouped`) under
+        :attr:`task_batching` (``auto`` resolved by :func:`grouped.use_grouped`)."""
+        chunk = grouped.tasks_per_chunk(self.model, tasks.batch_size, self.device)
+        return grouped.use_grouped(self.task_batching, tasks.num_tasks, chunk)
+
+    def grouped_model(self) -> GroupedModel:
+        """The model run on every task's own tensors at once (in chunks on the CPU)."""
+        cpu = self.device.type != "cuda"
+        return GroupedModel(self.model, grouped.CPU_CHUNK_BYTES if cpu else None)
+
+    def adapt_names(self) -> list[str]:
+        """Names (in the model) of :meth:`adapt_parameters`."""
+        ids = {id(p) for p in self.adapt_parameters()}
+        return [n for n, p in self.model.named_parameters() if id(p) in ids]
+
+    def grouped_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """The inner optimiser over the stacked adaptable tensors ``{name: (T, ...)}``."""
+        return self.inner.make(list(params.values()))
+
+    def adapt_grouped(
+        self,
+        tasks: TaskBatch,
+        observe: Callable[[dict, dict, torch.optim.Optimizer], None] | None = None,
+    ) -> tuple[TaskResults, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Adapt to every task of ``tasks`` at once and evaluate: the loop's :meth:`adapt` of
+        each task, with one grouped forward and backward pass per step
+        (:class:`~warp_rl.omniglot.grouped.GroupedModel`).
+
+        Each task starts where :meth:`init_task` puts the model (called once per task, in task
+        order, so random draws such as fresh heads are the loop's). ``observe(params, buffers,
+        optimizer)`` is called before the first step and after every step. Afterwards the model
+        holds the last task's adapted state, as the loop leaves it.
+
+        Returns:
+            the results, and the adapted parameters ``{name: (T, ...)}`` (of
+            :meth:`adapt_names`) and buffers ``{name: (T, ...)}`` (all of the model's).
+        """
+        names = self.adapt_names()
+        starts, bufs = [], []
+        for _ in range(tasks.num_tasks):
+            self.init_task()
+            named = dict(self.model.named_parameters())
+            starts.append({n: named[n].detach().clone() for n in names})
+            bufs.append({n: b.detach().clone() for n, b in self.model.named_buffers()})
+        params = {n: t.requires_grad_() for n, t in stack_states(starts).items()}
+        buffers = stack_states(bufs)
+        opt = self.grouped_optimizer(params)
+        watch = None if observe is None else (lambda: observe(params, buffers, opt))
+        curves = self.grouped_model().adapt(params, buffers, opt, tasks, watch)
+        self._leave_model_at(params, buffers)
+        return TaskResults(*curves, tasks.task_ids.clone()), params, buffers
+
+    def _leave_model_at(self, params: dict, buffers: dict) -> None:
+        """Put the last task's tensors of ``params`` / ``buffers`` ``(T, ...)`` into the model
+        (where the loop leaves it)."""
+        named = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        with torch.no_grad():
+            for n, t in {**params, **buffers}.items():
+                named[n].copy_(t[-1])
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         """One meta-update from a meta-batch of tasks; returns their adaptation results."""
@@ -302,6 +411,8 @@ class InitLearner(MetaLearner):
             initialisation's own head is then never used and not meta-learned.
     """
 
+    options = ("task_head",)
+
     def __init__(
         self,
         model: OmniConv,
@@ -321,6 +432,13 @@ class InitLearner(MetaLearner):
         self.eval_head_seed: int | None = None
         if task_head == "fresh":
             self.eval_head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, task_head=options.task_head)
+
+    def synced_modules(self) -> list[nn.Module]:
+        return [self.model, self.init_model]
 
     def init_task(self) -> None:
         self.model.load_state_dict(self.init_model.state_dict())
@@ -392,12 +510,19 @@ class Reptile(InitLearner):
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         start = {n: p.detach().clone() for n, p in self.init_model.named_parameters()}
         total = {n: torch.zeros_like(p) for n, p in start.items()}
+        T = tasks.num_tasks
+        if self.groups(tasks):
+            res, params, _ = self.adapt_grouped(tasks)
+            for i in range(T):
+                for n in total:
+                    total[n] += params[n][i].detach()
+            self._outer_step({n: start[n] - total[n] / T for n in start})
+            return res
         results = []
         for i in range(tasks.num_tasks):
             results.append(self.adapt(tasks.task(i)))
             for n, p in self.model.named_parameters():
                 total[n] += p.detach()
-        T = tasks.num_tasks
         self._outer_step({n: start[n] - total[n] / T for n in start})
         return TaskResults.cat(results)
 
@@ -409,6 +534,16 @@ class FOMAML(InitLearner):
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         total = {n: torch.zeros_like(p) for n, p in self.init_model.named_parameters()}
+        if self.groups(tasks):
+            res, params, buffers = self.adapt_grouped(tasks)
+            xt, yt = tasks.test_set()  # training mode (module docstring)
+            _, _, grads = self.grouped_model().losses(params, buffers, xt, yt, grads=True)
+            self._leave_model_at(params, buffers)
+            for i in range(tasks.num_tasks):
+                for n in total:
+                    total[n] += grads[n][i]
+            self._outer_step({n: g / tasks.num_tasks for n, g in total.items()})
+            return res
         results = []
         for i in range(tasks.num_tasks):
             task = tasks.task(i)
@@ -429,6 +564,8 @@ class Leap(InitLearner):
     name = "leap"
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
+        if self.groups(tasks):
+            return self._grouped_meta_step(tasks)
         sums, displacements, results = [], [], []
         for i in range(tasks.num_tasks):
             self.init_task()
@@ -449,6 +586,31 @@ class Leap(InitLearner):
         self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
         return TaskResults.cat(results)
 
+    def _grouped_meta_step(self, tasks: TaskBatch) -> TaskResults:
+        """The loop's meta-step with the tasks adapted together: every task's path is summed
+        step by step with the norm of its own step (:func:`warp_rl.objectives.path_step`)."""
+        trail: dict[str, dict] = {}
+
+        def record(params: dict, buffers: dict, opt) -> None:
+            cur = {n: p.detach().clone() for n, p in params.items()}
+            if not trail:
+                trail.update(first=cur, path={n: torch.zeros_like(c) for n, c in cur.items()})
+            else:
+                diff = {n: trail["prev"][n] - cur[n] for n in cur}
+                norm = torch.sqrt(sum((d.double() ** 2).flatten(1).sum(1) for d in diff.values()))
+                inv = 1.0 / norm.clamp_min(1e-9)  # (T,): 1 / max(norm, eps) per task
+                for n, d in diff.items():
+                    trail["path"][n].add_(d * inv.to(d.dtype).view(-1, *[1] * (d.dim() - 1)))
+            trail["prev"] = cur
+
+        res, _, _ = self.adapt_grouped(tasks, record)
+        first, path, last = trail["first"], trail["path"], trail["prev"]
+        rows = range(tasks.num_tasks)
+        sums = [{n: path[n][i] for n in path} for i in rows]
+        displacements = [{n: first[n][i] - last[n][i] for n in first} for i in rows]
+        self._outer_step(objectives.leap_gradient(sums, displacements, normalise=True))
+        return res
+
 
 class MAML(InitLearner):
     """``maml``: backpropagation through ``unroll`` inner SGD steps (``torch.func``).
@@ -464,6 +626,7 @@ class MAML(InitLearner):
     """
 
     name = "maml"
+    options = ("maml_unroll",)
 
     def __init__(
         self,
@@ -483,9 +646,15 @@ class MAML(InitLearner):
         super().__init__(model, inner, outer, seed)
         self.unroll = unroll
 
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, unroll=options.maml_unroll)
+
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         init = dict(self.init_model.named_parameters())
         steps = tasks.steps if self.unroll is None else min(self.unroll, tasks.steps)
+        if self.groups(tasks):
+            return self._grouped_meta_step(tasks, init, steps)
         results = []
         for i in range(tasks.num_tasks):
             task = tasks.task(i)
@@ -522,6 +691,32 @@ class MAML(InitLearner):
         self.outer_opt.zero_grad(set_to_none=True)
         return TaskResults.cat(results)
 
+    def _grouped_meta_step(self, tasks: TaskBatch, init: dict, steps: int) -> TaskResults:
+        """The unrolled inner loop of every task at once: ``theta`` ``(T, ...)`` starts as the
+        initialisation repeated, the query losses' mean is differentiated back to it."""
+        T = tasks.num_tasks
+        self.model.reset_batch_norm()
+        buffers = stack_states([{n: b.detach().clone() for n, b in self.model.named_buffers()}
+                                for _ in range(T)])
+        theta = {n: p.unsqueeze(0).expand(T, *p.shape) for n, p in init.items()}
+        net = self.grouped_model()
+        self.model.train()
+        losses, accs = [], []
+        for k in range(steps):
+            x, y = tasks.train_batch(k)
+            loss, acc, grads = net.losses(theta, buffers, x, y, grads=True, create_graph=True)
+            theta = {n: t - self.inner.lr * grads[n] for n, t in theta.items()}
+            losses.append(loss)
+            accs.append(acc)
+        xt, yt = tasks.test_set()  # query in training mode (module docstring)
+        query, query_acc, _ = net.losses(theta, buffers, xt, yt)
+        (query.sum() / T).backward()
+        self._sync_grads(self.init_model.parameters())
+        self.outer_opt.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+        return TaskResults(torch.stack(losses, 1).cpu(), torch.stack(accs, 1).cpu(),
+                           query.detach().cpu(), query_acc.cpu(), tasks.task_ids.clone())
+
 
 class MultiHeadFinetuning(MetaLearner):
     """``ft``: pretrain a shared network with one head per meta-training alphabet.
@@ -533,6 +728,10 @@ class MultiHeadFinetuning(MetaLearner):
     """
 
     name = "ft"
+    options = ("ft_heads",)
+    data_parallel_refusal = (
+        "--meta-model ft cannot run on several processes (its pretraining steps once per task "
+        "batch); run it as a single process")
 
     def __init__(
         self,
@@ -556,6 +755,11 @@ class MultiHeadFinetuning(MetaLearner):
         ).to(self.device)
         self.pretrain_opt = inner.make([*self.backbone.parameters(), *self.heads.parameters()])
         self.head_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, num_heads=options.num_pretrain,
+                   heads=options.ft_heads)
 
     def init_task(self) -> None:
         self.model.load_state_dict(self.backbone.state_dict())
@@ -633,7 +837,7 @@ class WarpLearner(MetaLearner):
 
     Args:
         learn_init: meta-learn the initialisation with Leap (``warp_leap``) or keep the
-            initial random one (``warp``).
+            initial random one (``warp``); default: the class's :attr:`learns_init`.
         objective: one of :data:`warp_rl.updaters.WARP_OBJECTIVES`: ``"algorithm2"``,
             ``"algorithm2_detached"`` (the original code's) or ``"first_order"``.
         meta_batch_size: replayed states per outer step (1 as in the original code).
@@ -642,13 +846,19 @@ class WarpLearner(MetaLearner):
         learn_step_size: also meta-learn one inner step size per adaptable tensor.
     """
 
+    name = "warp_leap"
+    warped = True
+    options = ("warp_kwargs",)
+    #: meta-learn the initialisation (Leap) by default
+    learns_init = True
+
     def __init__(
         self,
         model: OmniConv,
         inner: OptimConfig,
         outer: OptimConfig,
         seed: int = 0,
-        learn_init: bool = True,
+        learn_init: bool | None = None,
         objective: str = "algorithm2",
         meta_batch_size: int | None = 1,
         max_states: int | None = None,
@@ -660,6 +870,7 @@ class WarpLearner(MetaLearner):
         if learn_step_size and inner.name != "sgd":
             raise ValueError("learned step sizes drive an SGD inner loop; use --inner-opt sgd")
         super().__init__(model, inner, outer, seed)
+        learn_init = self.learns_init if learn_init is None else learn_init
         self.name = "warp_leap" if learn_init else "warp"
         updater = DualUpdater(
             nn.CrossEntropyLoss(),
@@ -682,11 +893,35 @@ class WarpLearner(MetaLearner):
             learn_init=learn_init,
         )
         self.outer_opt = outer.make(self.warp.meta_parameters())
-        self.last_info = None
-        self.last_times: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, model, inner, outer, seed, options):
+        return cls(model, inner, outer, seed, **options.warp_kwargs)
+
+    def random_streams(self) -> dict[str, torch.Generator]:
+        return {"learner": self.generator, "updater": self.warp.updater.generator,
+                "buffer": self.warp.buffer.generator}
+
+    def synced_modules(self) -> list[nn.Module]:
+        return [self.model, self.warp]
 
     def init_task(self) -> None:
         self.warp.init_adaptation()
+
+    def adapt_parameters(self) -> list[nn.Parameter]:
+        return self.warp.adapt_parameters()
+
+    def grouped_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """As :meth:`warp_rl.Warp.adapt_optimizer` (the learned step sizes) for SGD."""
+        if self.inner.name != "sgd":
+            return super().grouped_optimizer(params)
+        groups = [
+            {"params": [params[n]], "lr": float(a), "momentum": float(m)}
+            for n, a, m in zip(self.warp.partition.adapt_names,
+                               self.warp.step_size.detach().tolist(),
+                               self.warp.momentum.detach().tolist(), strict=True)
+        ]
+        return torch.optim.SGD(groups, lr=groups[0]["lr"])
 
     def adapt(self, task: TaskBatch, after_step: Callable[[], None] | None = None) -> TaskResults:
         self.warp.init_adaptation()
@@ -704,8 +939,11 @@ class WarpLearner(MetaLearner):
 
     def meta_step(self, tasks: TaskBatch) -> TaskResults:
         t0 = time.perf_counter()
-        self.warp.collect()
-        results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
+        if self.groups(tasks):
+            results = [self._adapt_grouped_storing(tasks)]
+        else:
+            self.warp.collect()
+            results = [self.adapt(tasks.task(i)) for i in range(tasks.num_tasks)]
         _synchronize(self.device)
         t1 = time.perf_counter()
 
@@ -719,6 +957,42 @@ class WarpLearner(MetaLearner):
         _synchronize(self.device)
         self.last_times = {"adapt_s": t1 - t0, "meta_update_s": time.perf_counter() - t1}
         return TaskResults.cat(results)
+
+    def _adapt_grouped_storing(self, tasks: TaskBatch) -> TaskResults:
+        """Adapt to ``tasks`` together and store their states in the replay buffer as the
+        loop's collection does: ``theta_0 ... theta_K`` of each task with the adaptable
+        buffers and momentum at that point, offered to the buffer task after task once all
+        have adapted (so that its reservoir draws come in the loop's order)."""
+        warp, buffer = self.warp, self.warp.buffer
+        warp.no_collect()  # the wrapper's hook stays off: the states are offered below
+        dev, track = buffer.device, warp.tracks_momentum
+        buffer_names = warp.partition.adapt_buffer_names
+        snapshots = []
+
+        def observe(params: dict, buffers: dict, opt: torch.optim.Optimizer) -> None:
+            momentum = {}
+            if track:
+                for n, p in params.items():
+                    m = opt.state.get(p, {}).get("momentum_buffer")
+                    momentum[n] = (torch.zeros_like(p, device=dev) if m is None
+                                   else m.detach().to(dev, copy=True))
+            snapshots.append((
+                {n: p.detach().to(dev, copy=True) for n, p in params.items()},
+                {n: buffers[n].detach().to(dev, copy=True) for n in buffer_names},
+                momentum,
+            ))
+
+        results, _, _ = self.adapt_grouped(tasks, observe)
+        # a capped buffer keeps a few states: copies, so as not to hold every task's storage
+        own = buffer.max_states_per_task is not None
+        for i in range(tasks.num_tasks):
+            index = buffer.new_task(tasks.task(i))
+            for snapshot in snapshots:
+                params, buffers, momentum = (
+                    {n: v[i].clone() if own else v[i] for n, v in part.items()}
+                    for part in snapshot)
+                buffer.add(index, State(params, buffers, momentum))
+        return results
 
     def state_dict(self) -> dict:
         return {
@@ -737,7 +1011,25 @@ class WarpLearner(MetaLearner):
         self.warp.buffer.generator.set_state(state["buffer_generator"])
 
 
-# --------------------------------------------------------------------------- factory
+class WarpOnlyLearner(WarpLearner):
+    """``warp``: warp layers only; the adaptable layers restart every task from the model's
+    fixed random initialisation."""
+
+    name = "warp"
+    learns_init = False
+
+
+# --------------------------------------------------------------------------- registry
+
+#: ``--meta-model`` name -> learner class, in the order the script lists them.
+LEARNERS: dict[str, type[MetaLearner]] = {
+    cls.name: cls
+    for cls in (WarpLearner, WarpOnlyLearner, Leap, Reptile, FOMAML, MAML, MultiHeadFinetuning,
+                NoMetaLearning)
+}
+METHODS = tuple(LEARNERS)
+#: the learners that take ``task_head`` (``--task-head``)
+FRESH_HEAD_METHODS = tuple(n for n, c in LEARNERS.items() if "task_head" in c.options)
 
 
 def make_learner(
@@ -752,35 +1044,40 @@ def make_learner(
     maml_unroll: int | None = None,
     task_head: str = "learned",
     ft_heads: str = "per_alphabet",
+    task_batching: str = "loop",
     **warp_kwargs,
 ) -> MetaLearner:
-    """Build the model (seeded with ``seed``) and the learner ``method`` (one of :data:`METHODS`).
+    """Build the model (seeded with ``seed``) and the learner ``method`` (a key of
+    :data:`LEARNERS`).
 
-    ``warp`` configures the warp layers of ``warp_leap`` / ``warp`` (default :class:`WarpConfig`)
+    ``task_batching`` (:data:`~warp_rl.omniglot.grouped.TASK_BATCHING`) says how a batch of
+    tasks adapts: one after another (``loop``), together (``grouped``: every learner's
+    evaluation and every meta-step but ``ft``'s pretraining) or ``auto``.
+
+    ``warp`` configures the warp layers of the warped learners (default :class:`WarpConfig`)
     and ``warp_kwargs`` go to :class:`WarpLearner`; other methods use the plain classifier and
     refuse both. ``task_head`` (:data:`TASK_HEADS`) applies to :data:`FRESH_HEAD_METHODS`,
-    ``ft_heads`` (:data:`FT_HEADS`) to ``ft``.
+    ``ft_heads`` (:data:`FT_HEADS`) to ``ft``, ``maml_unroll`` to ``maml``.
     """
-    if method not in METHODS:
+    cls = LEARNERS.get(method)
+    if cls is None:
         raise ValueError(f"meta-model {method!r} unknown; choose from {list(METHODS)}")
-    if task_head != "learned" and method not in FRESH_HEAD_METHODS:
-        raise ValueError(f"task_head={task_head!r} applies to {list(FRESH_HEAD_METHODS)}, "
-                         f"not {method!r}")
-    if ft_heads != "per_alphabet" and method != "ft":
-        raise ValueError(f"ft_heads={ft_heads!r} applies to 'ft', not {method!r}")
-    torch.manual_seed(seed)
-    warped = method.startswith("warp")
-    if (warp is not None or warp_kwargs) and not warped:
+    if task_batching not in grouped.TASK_BATCHING:
+        raise ValueError(f"task_batching {task_batching!r} unknown; choose from "
+                         f"{list(grouped.TASK_BATCHING)}")
+    options = LearnerOptions(num_pretrain, maml_unroll, task_head, ft_heads, warp_kwargs)
+    defaults = LearnerOptions()
+    for name in ("task_head", "ft_heads"):
+        value = getattr(options, name)
+        if value != getattr(defaults, name) and name not in cls.options:
+            users = [n for n, c in LEARNERS.items() if name in c.options]
+            where = repr(users[0]) if len(users) == 1 else str(users)
+            raise ValueError(f"{name}={value!r} applies to {where}, not {method!r}")
+    if (warp is not None or warp_kwargs) and not cls.warped:
         raise ValueError(f"warp-layer options apply to warp_leap and warp, not {method!r}")
-    model = OmniConv(num_filters=num_filters, warp=(warp or WarpConfig()) if warped else None)
-    model = model.to(device)
-    init_learners: dict[str, type[InitLearner]] = {
-        "no": NoMetaLearning, "reptile": Reptile, "fomaml": FOMAML, "leap": Leap}
-    if method in init_learners:
-        return init_learners[method](model, inner, outer, seed, task_head=task_head)
-    if method == "maml":
-        return MAML(model, inner, outer, seed, unroll=maml_unroll)
-    if method == "ft":
-        return MultiHeadFinetuning(model, inner, outer, seed, num_heads=num_pretrain,
-                                   heads=ft_heads)
-    return WarpLearner(model, inner, outer, seed, learn_init=method == "warp_leap", **warp_kwargs)
+    torch.manual_seed(seed)
+    model = OmniConv(num_filters=num_filters,
+                     warp=(warp or WarpConfig()) if cls.warped else None)
+    learner = cls.build(model.to(device), inner, outer, seed, options)
+    learner.task_batching = task_batching
+    return learner

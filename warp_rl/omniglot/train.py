@@ -60,7 +60,7 @@ checkpoints (no ``format`` key) cannot be resumed."""
 RESUMABLE = {
     "meta_steps", "validate_every", "val_tasks", "eval_tasks", "device", "threads", "out",
     "resume", "one_shot", "one_shot_path", "progress", "checkpoint_every", "data_root",
-    "cache_dir", "download", "test", "dist_timeout",
+    "cache_dir", "download", "test", "dist_timeout", "task_batching",
 }
 
 
@@ -174,7 +174,8 @@ def build_learner(args: argparse.Namespace, device: torch.device) -> MetaLearner
     return make_learner(args.meta_model, inner, outer, seed=args.seed, device=device,
                         num_pretrain=args.num_pretrain, num_filters=args.num_filters,
                         warp=_warp_config(args), maml_unroll=args.maml_unroll,
-                        task_head=args.task_head, ft_heads=args.ft_heads, **warp_kwargs)
+                        task_head=args.task_head, ft_heads=args.ft_heads,
+                        task_batching=args.task_batching, **warp_kwargs)
 
 
 #: a run whose rest is estimated (after its first meta-step) to take longer than this many
@@ -483,7 +484,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict:
         tasks = train_pool.sample(ids, args.task_steps, args.task_batch_size, generator)
         res = learner.meta_step(tasks)
         seconds = time.perf_counter() - t0
-        info = getattr(learner, "last_info", None)
+        info = learner.last_info
         losses = {"test_loss": res.test_loss.mean().item(), "train_loss":
                   res.train_loss.mean().item()}
         if info is not None:
