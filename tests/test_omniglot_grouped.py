@@ -1,7 +1,8 @@
 """--task-batching grouped against the loop, in float64: every task's own parameters, losses and
 stored states after several adaptation steps, every learner's meta-gradient and random streams;
-a deliberately broken grouped model (statistics shared across tasks, labels of the wrong task)
-fails the same comparison; chunks; and how ``auto`` decides."""
+a deliberately broken grouped model (statistics shared across tasks, labels of the wrong task,
+running statistics not written back) fails the same comparison; float32 accuracy; chunks; how
+``auto`` decides; the script and the bench."""
 
 from __future__ import annotations
 
@@ -181,13 +182,24 @@ def _labels_of_the_next_task(losses):
     return wrong
 
 
+def _statistics_not_written_back(train):
+    def lost(z, weight, bias, running_mean, running_var, *args):
+        return train(z, weight, bias, running_mean.clone(), running_var.clone(), *args)
+
+    return lost
+
+
 @pytest.mark.parametrize("method", ["leap", "warp_leap"])
-@pytest.mark.parametrize("breakage", ["shared batch-norm statistics", "labels of another task"])
+@pytest.mark.parametrize("breakage", ["shared batch-norm statistics", "labels of another task",
+                                      "running statistics not written back"])
 def test_a_broken_grouped_model_fails_the_comparison(pool, monkeypatch, method, breakage):
     if breakage == "shared batch-norm statistics":
         monkeypatch.setattr(grouped._Run, "batch_norm", _shared_statistics)
-    else:
+    elif breakage == "labels of another task":
         monkeypatch.setattr(GroupedModel, "losses", _labels_of_the_next_task(GroupedModel.losses))
+    else:
+        monkeypatch.setattr(grouped, "batch_norm_train",
+                            _statistics_not_written_back(grouped.batch_norm_train))
     with pytest.raises(AssertionError):
         compare(pool, method, {})
 
