@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one script: the CUDA tests, then the maze training
-# benchmarks on the device (docs/agent.md, "Speed" and "Many seeds in one process").
+# benchmarks on the device (docs/agent.md, "Speed" and "Many seeds in one process") and the
+# Omniglot task-batching benchmark (docs/omniglot.md, "Adapting a meta-batch together").
 # Prints the card first, so that each figure can be recorded with the card that gave it.
 #
 #     bash scripts/gpu_checks.sh 2>&1 | tee gpu_checks.txt
@@ -15,3 +16,7 @@ for agent in warp_identity_orth lstm; do
     python scripts/bench_train_maze.py --device cuda --population 1 10 30 --agent "$agent" \
         --episodes 3
 done
+python -m warp_rl.omniglot.bench --device cuda --meta-model leap --tasks 5 20 --task-steps 100 \
+    --warmup 1
+python -m warp_rl.omniglot.bench --device cuda --meta-model warp_leap --tasks 20 \
+    --task-steps 100 --warmup 1
