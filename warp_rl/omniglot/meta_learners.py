@@ -246,7 +246,8 @@ class MetaLearner:
     #: the classifier has warp layers (:func:`make_learner` builds it with a WarpConfig).
     warped = False
     #: the :class:`LearnerOptions` fields this learner reads; :func:`make_learner` refuses a
-    #: non-default value of any other (``num_pretrain`` is a fact of the run, never refused).
+    #: non-default ``task_head`` or ``ft_heads`` the learner does not name (warp-layer options
+    #: are refused unless :attr:`warped`; ``num_pretrain`` and ``maml_unroll`` are left unused).
     options: tuple[str, ...] = ()
     #: why the learner cannot be split over processes, or None if it can
     #: (:class:`~warp_rl.omniglot.distributed.DataParallelLearner` refuses it with this).
