@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,31 +102,28 @@ class PopulationTrainer:
         """New runs of ``config`` for ``seeds``, run ``i`` writing to ``out_dirs[i]``."""
         if len(seeds) != len(out_dirs):
             raise ValueError(f"one folder per seed: {len(seeds)} seeds, {len(out_dirs)} folders")
-        runs: list[Trainer] = []
-        states = []
-        try:
-            for seed, out in zip(seeds, out_dirs, strict=True):
-                runs.append(Trainer(dataclasses.replace(config, seed=int(seed)), out))
-                states.append(global_rng_states())
-            population = cls(runs)
-        except BaseException:
-            for run in runs:
-                run.close()
-            raise
-        population._global_rng = states
-        return population
+        return cls._assemble(
+            lambda seed=seed, out=out: Trainer(dataclasses.replace(config, seed=int(seed)), out)
+            for seed, out in zip(seeds, out_dirs, strict=True))
 
     @classmethod
     def resume(cls, out_dirs: Sequence[str | Path], overrides: dict[str, Any] | None = None
                ) -> PopulationTrainer:
         """Resume the runs in ``out_dirs`` (:meth:`agents.trainer.Trainer.resume` each, with the
         same ``overrides``) as one population."""
+        return cls._assemble(lambda out=out: Trainer.resume(out, overrides) for out in out_dirs)
+
+    @classmethod
+    def _assemble(cls, builders: Iterable[Callable[[], Trainer]]) -> PopulationTrainer:
+        """The population of the runs ``builders`` build, one after the other, each run's global
+        RNG states kept as they are right after it is built (what its own process would hold);
+        on any error every run built so far is closed (its folder's lock released)."""
         runs: list[Trainer] = []
         states = []
         try:
-            for out in out_dirs:
-                runs.append(Trainer.resume(out, overrides))
-                states.append(global_rng_states())  # as the checkpoint restored them
+            for build in builders:
+                runs.append(build())
+                states.append(global_rng_states())
             population = cls(runs)
         except BaseException:
             for run in runs:
