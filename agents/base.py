@@ -178,3 +178,17 @@ class RecurrentAgent(nn.Module, ABC):
             actions = torch.distributions.Categorical(logits=logits).sample()
         out = actions.cpu().numpy()
         return (out[0] if single else out), next_state
+
+
+def check_population(agents: Sequence[RecurrentAgent]) -> None:
+    """A population is one or more agents of one class, size, dtype and device."""
+    if not agents:
+        raise ValueError("a population needs at least one agent")
+    first = agents[0]
+    for other in agents[1:]:
+        if (type(other) is not type(first) or other.hidden_size != first.hidden_size
+                or other.obs_dim != first.obs_dim or other.num_actions != first.num_actions
+                or next(other.parameters()).dtype != next(first.parameters()).dtype
+                or next(other.parameters()).device != next(first.parameters()).device):
+            raise ValueError("a population's agents must share class, sizes, dtype and device; "
+                             f"got {type(first).__name__} and {type(other).__name__}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from agents.base import RecurrentAgent, RecurrentState, Unroller
+from agents.base import RecurrentAgent, RecurrentState, Unroller, check_population
 
 
 def _check_sizes(obs_dim: int, num_actions: int, hidden_size: int) -> None:
@@ -130,10 +130,8 @@ class StackedCellUnroller(Unroller):
 
     def __init__(self, agents: Sequence[RNNAgent | LSTMAgent], batch_size: int,
                  device: torch.device | str | None = None) -> None:
+        check_population(agents)
         first = agents[0]
-        if any(type(a) is not type(first) or a.hidden_size != first.hidden_size
-               or a.obs_dim != first.obs_dim for a in agents):
-            raise ValueError("a population's agents must share class and sizes")
         self.lstm = isinstance(first.cell, nn.LSTMCell)
 
         def stack(get) -> torch.Tensor:

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from agents.base import AutogradUnroller, RecurrentAgent, RecurrentState, Unroller
+from agents.base import AutogradUnroller, RecurrentAgent, RecurrentState, Unroller, check_population
 
 NUM_GATES_H = 4  # g_h, g_i, g_hh, g_b: the four gates of width ``hidden_size``
 GATE_FNS = ("tanh", "identity")  # g = tanh(P l) (published) or g = 1 + tanh(P l), P = 0 at start
@@ -381,7 +381,7 @@ class WarpRNNTape(Unroller):
                  length: int, device: torch.device | str | None = None) -> None:
         self.single = isinstance(agent, nn.Module)
         agents = [agent] if self.single else list(agent)
-        _check_population(agents)
+        check_population(agents)
         first = agents[0]
         self.identity_gates = first.gate_fn == "identity"
         self.leaves = [p for a in agents for p in a.tape_parameters()]
@@ -544,20 +544,6 @@ class WarpRNNTape(Unroller):
         return (g_w_ih, g_w_hh, g_bias, g_heads[:, :A], gb_heads[:, :A], g_heads[:, A:],
                 gb_heads[:, A:], g_lstm[..., :D + H], g_lstm[..., D + H:], gb_lstm,
                 gb_lstm.clone(), g_proj)
-
-
-def _check_population(agents: Sequence[RecurrentAgent]) -> None:
-    """A population is one or more agents of one class, size, dtype and device."""
-    if not agents:
-        raise ValueError("a population needs at least one agent")
-    first = agents[0]
-    for other in agents[1:]:
-        if (type(other) is not type(first) or other.hidden_size != first.hidden_size
-                or other.obs_dim != first.obs_dim or other.num_actions != first.num_actions
-                or other.policy.weight.dtype != first.policy.weight.dtype
-                or other.policy.weight.device != first.policy.weight.device):
-            raise ValueError("a population's agents must share class, sizes, dtype and device; "
-                             f"got {type(first).__name__} and {type(other).__name__}")
 
 
 class _WarpRNNBackward(torch.autograd.Function):
