@@ -39,9 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.a2c import A2CLoss
 from agents.base import RecurrentAgent
-from agents.rollout import collect_population_rollout
-from agents.trainer import NonFiniteLossError, TrainConfig, Trainer
+from agents.rollout import Rollout, collect_population_rollout, gumbel_noise, play_population
+from agents.trainer import NonFiniteLossError, TrainConfig, Trainer, make_batch_env
+from envs.batch_env import GroupedBatchEnv
 from warp_rl import distributed
 from warp_rl.utils import global_rng_states, set_global_rng_states
 
@@ -60,7 +62,7 @@ class PopulationTrainer:
         ValueError: the runs do not form a population (naming what differs).
     """
 
-    def __init__(self, runs: Sequence[Trainer]) -> None:
+    def __init__(self, runs: Sequence[Trainer], cuda_graph: bool = False) -> None:
         runs = list(runs)
         if not runs:
             raise ValueError("a population needs at least one run")
@@ -90,7 +92,22 @@ class PopulationTrainer:
             raise ValueError(f"agent {first.config.agent!r} cannot train as a population; "
                              f"these can: {', '.join(population_agents())}")
         self.runs = runs
-        self.config = first.config
+        self.config = cfg = first.config
+        self.size, self.batch = len(runs), first.local_batch_size
+        # The population's mazes: on the torch back-end (any GPU run) one batch of S x B mazes,
+        # group s seeded as run s seeds its own, so that a step is one set of kernels for all
+        # runs; on the numpy back-end each run steps its own mazes.
+        self.mazes: GroupedBatchEnv | None = None
+        if isinstance(first.env, GroupedBatchEnv):
+            self.mazes = make_batch_env(cfg, self.size * self.batch, first.device)
+        self.cuda_graph = bool(cuda_graph)
+        if self.cuda_graph and (first.device.type != "cuda" or self.mazes is None):
+            raise ValueError(f"cuda_graph=True needs runs on a CUDA device with the torch maze "
+                             f"back-end; these run on {first.device} with env_backend "
+                             f"{cfg.env_backend!r}")
+        self._graph: _CapturedEpisode | None = None
+        self._warmed_up = False  # the first episode under cuda_graph runs eagerly
+        self._stream = torch.cuda.Stream(first.device) if self.cuda_graph else None
         # Each run's global RNG states as its own process would hold them (its checkpoints
         # store them); nothing in training draws from the global generators.
         self._global_rng = [global_rng_states() for _ in runs]
@@ -98,23 +115,25 @@ class PopulationTrainer:
     # --------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, config: TrainConfig, seeds: Sequence[int],
-               out_dirs: Sequence[str | Path]) -> PopulationTrainer:
+               out_dirs: Sequence[str | Path], cuda_graph: bool = False) -> PopulationTrainer:
         """New runs of ``config`` for ``seeds``, run ``i`` writing to ``out_dirs[i]``."""
         if len(seeds) != len(out_dirs):
             raise ValueError(f"one folder per seed: {len(seeds)} seeds, {len(out_dirs)} folders")
         return cls._assemble(
-            lambda seed=seed, out=out: Trainer(dataclasses.replace(config, seed=int(seed)), out)
-            for seed, out in zip(seeds, out_dirs, strict=True))
+            (lambda seed=seed, out=out: Trainer(dataclasses.replace(config, seed=int(seed)), out)
+             for seed, out in zip(seeds, out_dirs, strict=True)), cuda_graph)
 
     @classmethod
-    def resume(cls, out_dirs: Sequence[str | Path], overrides: dict[str, Any] | None = None
-               ) -> PopulationTrainer:
+    def resume(cls, out_dirs: Sequence[str | Path], overrides: dict[str, Any] | None = None,
+               cuda_graph: bool = False) -> PopulationTrainer:
         """Resume the runs in ``out_dirs`` (:meth:`agents.trainer.Trainer.resume` each, with the
         same ``overrides``) as one population."""
-        return cls._assemble(lambda out=out: Trainer.resume(out, overrides) for out in out_dirs)
+        return cls._assemble((lambda out=out: Trainer.resume(out, overrides) for out in out_dirs),
+                             cuda_graph)
 
     @classmethod
-    def _assemble(cls, builders: Iterable[Callable[[], Trainer]]) -> PopulationTrainer:
+    def _assemble(cls, builders: Iterable[Callable[[], Trainer]], cuda_graph: bool = False
+                  ) -> PopulationTrainer:
         """The population of the runs ``builders`` build, one after the other, each run's global
         RNG states kept as they are right after it is built (what its own process would hold);
         on any error every run built so far is closed (its folder's lock released)."""
@@ -124,7 +143,7 @@ class PopulationTrainer:
             for build in builders:
                 runs.append(build())
                 states.append(global_rng_states())
-            population = cls(runs)
+            population = cls(runs, cuda_graph)
         except BaseException:
             for run in runs:
                 run.close()
@@ -144,22 +163,26 @@ class PopulationTrainer:
         Raises :class:`~agents.trainer.NonFiniteLossError` (naming the seeds) before any run
         steps if the loss or gradient of any run is not finite.
         """
-        runs, cfg = self.runs, self.config
+        runs = self.runs
         start = time.perf_counter()
         env_seeds = [run.begin_episode() for run in runs]
-        agents = [run.agent for run in runs]
-        unroll = type(agents[0]).population_unroller(agents, runs[0].local_batch_size,
-                                                      cfg.episode_length, runs[0].device)
-        rollouts = collect_population_rollout(unroll, [run.env for run in runs],
-                                              cfg.episode_length, env_seeds,
-                                              [run.generator for run in runs],
-                                              agents[0].num_actions)
+        if not self.cuda_graph:
+            rollouts, losses = self.rollouts_and_backward(env_seeds)
+        elif self._graph is not None:
+            rollouts, losses = self._graph.replay(env_seeds)
+        elif not self._warmed_up:
+            # The first episode runs as it is, on the stream the graph will be captured on: the
+            # lazy set-up of the libraries (cuBLAS workspaces, autograd's device threads)
+            # happens here, outside any capture.
+            with torch.cuda.stream(self._stream):
+                rollouts, losses = self.rollouts_and_backward(env_seeds)
+            torch.cuda.current_stream().wait_stream(self._stream)
+            torch.cuda.synchronize(self._stream.device)
+            self._warmed_up = True
+        else:
+            self._graph = _CapturedEpisode(self, env_seeds)
+            rollouts, losses = self._graph.replay(env_seeds)
         rollout_done = time.perf_counter()
-        losses = [run.loss(rollout) for run, rollout in zip(runs, rollouts, strict=True)]
-        for run in runs:
-            for p in run.params:
-                p.grad = None
-        torch.stack([loss.total for loss in losses]).sum().backward()
         numbers, failed = [], []
         for run, rollout, loss in zip(runs, rollouts, losses, strict=True):
             try:
@@ -170,6 +193,53 @@ class PopulationTrainer:
             raise NonFiniteLossError("; ".join(failed))
         return [run.take_steps(n, start, rollout_done)
                 for run, n in zip(runs, numbers, strict=True)]
+
+    def rollouts_and_backward(self, env_seeds: Sequence[int]
+                              ) -> tuple[list[Rollout], list[A2CLoss]]:
+        """Every run's rollout of this episode (mazes reset with ``env_seeds``, action noise
+        from each run's generator) and its loss, with each run's gradient in its parameters'
+        ``.grad``."""
+        runs, cfg = self.runs, self.config
+        if self.mazes is None:
+            agents = [run.agent for run in runs]
+            unroll = type(agents[0]).population_unroller(agents, self.batch, cfg.episode_length,
+                                                          runs[0].device)
+            rollouts = collect_population_rollout(unroll, [run.env for run in runs],
+                                                  cfg.episode_length, env_seeds,
+                                                  [run.generator for run in runs],
+                                                  agents[0].num_actions)
+            return rollouts, self._losses_and_backward(rollouts)
+        self.mazes.reset(env_seeds)
+        noise = torch.stack([gumbel_noise(cfg.episode_length, self.batch,
+                                          run.agent.num_actions, run.generator)
+                             for run in runs], 1)
+        return self.play_and_backward(noise)
+
+    def play_and_backward(self, noise: torch.Tensor) -> tuple[list[Rollout], list[A2CLoss]]:
+        """The device part of an episode on :attr:`mazes` (already reset), with the action
+        noise ``noise`` ``(T, S, B, A)``: rollouts, losses and the backward pass. It reads
+        nothing back to the host, so that it can be captured as a CUDA graph."""
+        runs, S, B = self.runs, self.size, self.batch
+        agents = [run.agent for run in runs]
+        unroll = type(agents[0]).population_unroller(agents, B, self.config.episode_length,
+                                                      runs[0].device)
+        mazes = self.mazes
+
+        def step(actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            obs, reward = mazes.step(actions.reshape(S * B))
+            return obs.view(S, B, -1), reward.view(S, B)
+
+        obs = mazes.observation().view(S, B, -1)
+        rollouts = play_population(unroll, step, obs, noise)
+        return rollouts, self._losses_and_backward(rollouts)
+
+    def _losses_and_backward(self, rollouts: Sequence[Rollout]) -> list[A2CLoss]:
+        losses = [run.loss(rollout) for run, rollout in zip(self.runs, rollouts, strict=True)]
+        for run in self.runs:
+            for p in run.params:
+                p.grad = None
+        torch.stack([loss.total for loss in losses]).sum().backward()
+        return losses
 
     def train(self, until_episode: int | None = None, progress: bool = True) -> None:
         """Train every run until ``until_episode`` episodes are done (default
@@ -225,6 +295,51 @@ class PopulationTrainer:
         """Close every run's log and release its folder's lock."""
         for run in self.runs:
             run.close()
+
+
+class _CapturedEpisode:
+    """:meth:`PopulationTrainer.play_and_backward` captured once as a CUDA graph and replayed
+    every episode after: the rollouts of every run, their losses and the backward pass, some
+    tens of thousands of small kernels, launched as one graph.
+
+    What changes from episode to episode enters through tensors the graph reads in place: the
+    mazes' start state and uniforms (written by their ``reset``), the action noise (drawn into
+    :attr:`noise` by each run's generator) and the parameters (updated in place by the
+    optimisers). What it produces lands in the same tensors every replay: the rollouts, the
+    losses and the gradients, which :meth:`replay` hands back to the parameters' ``.grad``.
+    Clipping, the optimiser steps and the warp objective then run as they always do.
+    """
+
+    def __init__(self, trainer: PopulationTrainer, env_seeds: Sequence[int]) -> None:
+        cfg, runs = trainer.config, trainer.runs
+        self.trainer = trainer
+        self.noise = [torch.empty(cfg.episode_length, trainer.batch, run.agent.num_actions,
+                                  device=run.device) for run in runs]
+        self._fill(env_seeds)
+        for run in runs:
+            for p in run.params:
+                p.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=trainer._stream):
+            self.rollouts, self.losses = trainer.play_and_backward(torch.stack(self.noise, 1))
+        self.grads = [[p.grad for p in run.params] for run in runs]
+        self._filled = True  # the capture's own inputs are the first replay's
+
+    def _fill(self, env_seeds: Sequence[int]) -> None:
+        self.trainer.mazes.reset(env_seeds)
+        for run, out in zip(self.trainer.runs, self.noise, strict=True):
+            gumbel_noise(out.shape[0], out.shape[1], out.shape[2], run.generator, out=out)
+
+    def replay(self, env_seeds: Sequence[int]) -> tuple[list[Rollout], list[A2CLoss]]:
+        """Run the episode of ``env_seeds`` (each run's generator already seeded for it)."""
+        if not self._filled:
+            self._fill(env_seeds)
+        self._filled = False
+        self.graph.replay()
+        for run, grads in zip(self.trainer.runs, self.grads, strict=True):
+            for p, g in zip(run.params, grads, strict=True):
+                p.grad = g
+        return self.rollouts, self.losses
 
 
 _BASE_POPULATION_UNROLLER = RecurrentAgent.population_unroller.__func__

@@ -7,7 +7,7 @@ run is a function of the episode counter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -37,12 +37,13 @@ def episode_seeds(seed: int, episode: int, rank: int = 0) -> tuple[int, int]:
     return int(env_seed), int(sample_seed)
 
 
-def gumbel_noise(length: int, batch: int, num_actions: int,
-                 generator: torch.Generator) -> torch.Tensor:
+def gumbel_noise(length: int, batch: int, num_actions: int, generator: torch.Generator,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """A whole episode's Gumbel noise ``(T, B, A)``, ``g = -log(Exponential(1))`` drawn from
     ``generator`` (on its device): ``argmax(logits + g[t])`` is an exact sample of
-    ``softmax(logits)``."""
-    noise = torch.empty(length, batch, num_actions, device=generator.device)
+    ``softmax(logits)``. Written into ``out`` (contiguous ``(T, B, A)``) if given."""
+    noise = torch.empty(length, batch, num_actions, device=generator.device) if out is None \
+        else out
     return noise.exponential_(generator=generator).log_().neg_()
 
 
@@ -85,20 +86,36 @@ def collect_population_rollout(unroll: Unroller, envs: Sequence[BatchEnv], lengt
     Returns one :class:`Rollout` per run, each ``(T, B, ...)`` and contiguous (so that its loss
     is computed exactly as a single run's), its logits and values in the autograd graph.
     """
-    device = generators[0].device
-    batch, size = envs[0].num_envs, len(envs)
+    batch = envs[0].num_envs
     obs = torch.stack([env.reset(seed) for env, seed in zip(envs, env_seeds, strict=True)])
     noise = torch.stack([gumbel_noise(length, batch, num_actions, g) for g in generators], 1)
+
+    def step(actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stepped = [env.step(actions[s]) for s, env in enumerate(envs)]
+        return torch.stack([o for o, _ in stepped]), torch.stack([r for _, r in stepped])
+
+    return play_population(unroll, step, obs, noise)
+
+
+def play_population(unroll: Unroller,
+                    step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    obs: torch.Tensor, noise: torch.Tensor) -> list[Rollout]:
+    """The loop of :func:`collect_population_rollout`: from the population's first
+    observations ``obs`` ``(S, B, D)`` (its mazes just reset), with its Gumbel noise ``noise``
+    ``(T, S, B, A)``, ``T`` steps of ``step`` (actions ``(S, B)`` -> observations ``(S, B, D)``
+    and rewards ``(S, B)``). Nothing here reads a value on the host: on a GPU, with mazes on
+    the device, it can be captured as a CUDA graph (:class:`agents.population.
+    PopulationTrainer`, ``cuda_graph=True``)."""
+    length, size, batch = noise.shape[:3]
+    device = noise.device
     actions = torch.empty(length, size, batch, dtype=torch.long, device=device)
     rewards = torch.empty(length, size, batch, device=device)
-    observations = torch.empty(length, size, batch, envs[0].obs_dim, device=device)
+    observations = torch.empty(length, size, batch, obs.shape[-1], device=device)
     for t in range(length):
         observations[t] = obs
         logits = unroll.step(obs)
         torch.argmax(logits + noise[t], dim=-1, out=actions[t])
-        stepped = [env.step(actions[t, s]) for s, env in enumerate(envs)]
-        obs = torch.stack([o for o, _ in stepped])
-        rewards[t] = torch.stack([r for _, r in stepped])
+        obs, rewards[t] = step(actions[t])
     logits, values = unroll.outputs()
     return [Rollout(logits[:, s].contiguous(), values[:, s].contiguous(),
                     actions[:, s].contiguous(), rewards[:, s].contiguous(),
@@ -106,4 +123,4 @@ def collect_population_rollout(unroll: Unroller, envs: Sequence[BatchEnv], lengt
 
 
 __all__ = ["Rollout", "collect_population_rollout", "collect_rollout", "episode_seeds",
-           "gumbel_noise"]
+           "gumbel_noise", "play_population"]

@@ -8,7 +8,8 @@ lockstep, with no per-maze Python loop.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -26,6 +27,21 @@ class BatchEnv(Protocol):
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions ``(B,)`` int64 -> ``(obs (B, D) float32, reward (B,) float32 or float64)``."""
+
+
+@runtime_checkable
+class GroupedBatchEnv(BatchEnv, Protocol):
+    """A :class:`BatchEnv` whose mazes can be split into groups seeded separately, and whose
+    current observations can be computed on the device: what a population of runs plays on one
+    device (``agents.population``)."""
+
+    def reset(self, seed: int | Sequence[int]) -> torch.Tensor:
+        """``seed`` as for :class:`BatchEnv`, or ``G`` seeds: ``G`` groups of ``B / G``
+        consecutive mazes, group ``k`` playing what ``B / G`` mazes reset with ``seed[k]``
+        play."""
+
+    def observation(self) -> torch.Tensor:
+        """The current observations ``(B, D)``, computed again from the state."""
 
 
 class NumpyBatchEnv:
@@ -66,12 +82,16 @@ class TorchBatchEnv:
         self.num_envs = num_envs
         self.obs_dim = int(self.batch.obs_dim)
 
-    def reset(self, seed: int) -> torch.Tensor:
+    def reset(self, seed: int | Sequence[int]) -> torch.Tensor:
         return self.batch.reset(seed)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs, reward, _ = self.batch.step(actions)
         return obs, reward.float()
+
+    def observation(self) -> torch.Tensor:
+        """The current observations ``(B, D)``, computed from the state on the device."""
+        return self.batch.observation()
 
 
 def make_batch_env(num_envs: int, size: int, episode_length: int,
@@ -93,4 +113,5 @@ def make_batch_env(num_envs: int, size: int, episode_length: int,
     return TorchBatchEnv(num_envs, size, episode_length, device)
 
 
-__all__ = ["BACKENDS", "BatchEnv", "NumpyBatchEnv", "TorchBatchEnv", "make_batch_env"]
+__all__ = ["BACKENDS", "BatchEnv", "GroupedBatchEnv", "NumpyBatchEnv", "TorchBatchEnv",
+           "make_batch_env"]

@@ -7,10 +7,18 @@ run in lockstep), so ``done`` needs no synchronisation.
 
 Randomness: mazes of the ``"random"`` layout are carved on the host with numpy
 (:func:`envs.maze.carve_random_mazes`, once per episode) and copied to the device; goals and
-teleports use a ``torch.Generator`` on ``device``. ``reset(seed)`` seeds both.
+teleports use a ``torch.Generator`` on ``device``. ``reset(seed)`` seeds both, and draws the
+whole episode's uniforms at once (one per maze for the first goal, one per maze and step for
+the teleports; on the CPU the same numbers, in the same order, as one draw per step).
+
+The state an episode starts from lives in tensors that ``reset`` writes in place, so a CUDA
+graph captured over a whole episode (``agents.population``, ``cuda_graph=True``) replays from
+the state of each new ``reset``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,8 +89,19 @@ class TorchMazeBatch:
         self._unused_bias = torch.tensor([[0.0, 1.0]], device=dev).expand(B, 2)
         self._rows = torch.arange(B, device=dev)
 
-        self._np_rng: np.random.Generator | None = None
-        self._gen: torch.Generator | None = None
+        # The episode's state at reset, written in place (a captured CUDA graph of an episode
+        # reads these very tensors), and the episode's uniforms, drawn at reset: row 0 places
+        # the first goal, row k the teleport of the k-th step after reset.
+        self._pos0 = torch.zeros(B, dtype=torch.long, device=dev)
+        self._goal0 = torch.zeros(B, dtype=torch.long, device=dev)
+        self._goal_rank0 = torch.zeros(B, dtype=torch.long, device=dev)
+        self._last_action0 = torch.zeros(B, dtype=torch.long, device=dev)
+        self._last_reward0 = torch.zeros(B, device=dev)
+        self._uniforms = torch.zeros(cfg.episode_length + 1, B, dtype=torch.float64, device=dev)
+        self._draws = 0
+
+        self._np_rngs: list[np.random.Generator] = []
+        self._gens: list[torch.Generator] | None = None  # one per group of mazes (reset)
         self._walls_host: np.ndarray | None = None  # (B or 1, S, S) bool, for set_state / walls
         self._walls_are_grid = False
         self._t: int | None = None
@@ -90,38 +109,63 @@ class TorchMazeBatch:
     # ----------------------------------------------------------------- API
 
     @torch.no_grad()
-    def reset(self, seed: int | None = None) -> torch.Tensor:
+    def reset(self, seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """Start a new episode in every maze; returns observations float32 ``(B, D)``.
 
         ``seed`` (an integer >= 0, any size, as the vector env takes) reseeds the generators;
         ``None`` continues them (seeding from fresh entropy on first use). The torch generator
         takes ``seed`` itself below 2**64 and a 64-bit hash of it above.
+
+        A sequence of ``G`` seeds (``G`` dividing ``B``) makes the batch ``G`` groups of
+        ``B / G`` consecutive mazes, group ``k`` with its own generators seeded by
+        ``seed[k]``: each group then plays exactly what a batch of ``B / G`` mazes reset with
+        ``seed[k]`` plays (a population of runs on one device, ``agents.population``).
+        ``None`` afterwards continues every group's generators.
         """
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)
-                                 or seed < 0):
-            raise ValueError(f"seed={seed!r} is not accepted: expected an integer >= 0 or None")
-        if seed is not None or self._gen is None:
-            if seed is None:
-                seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
-            seed = int(seed)
-            self._np_rng = np.random.default_rng(seed)
-            self._gen = torch.Generator(device=self.device)
-            self._gen.manual_seed(seed if seed < 2**64 else int(
-                np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]))
+        seeds = self._check_seeds(seed)
+        if seeds is not None or self._gens is None:
+            if seeds is None:
+                seeds = [int(np.random.SeedSequence().generate_state(1, np.uint32)[0])]
+            self._np_rngs = [np.random.default_rng(s) for s in seeds]
+            self._gens = []
+            for s in seeds:
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(s if s < 2**64 else int(
+                    np.random.SeedSequence(s).generate_state(1, np.uint64)[0]))
+                self._gens.append(gen)
         cfg, B = self.config, self.num_envs
+        group = B // len(self._gens)
         if cfg.layout == "random":
-            self._install_walls(make_walls(self._np_rng, B, cfg))
+            self._install_walls(np.concatenate([make_walls(rng, group, cfg)
+                                                for rng in self._np_rngs]))
         elif not self._walls_are_grid:
-            self._install_walls(make_walls(self._np_rng, 1, cfg))
+            self._install_walls(make_walls(self._np_rngs[0], 1, cfg))
             self._walls_are_grid = True
+        steps = cfg.episode_length + 1
+        for k, gen in enumerate(self._gens):
+            self._uniforms[:, k * group:(k + 1) * group].copy_(
+                self._uniform(steps * group, gen).view(steps, group))
         r, c = cfg.start_cell
-        start = self._base + (r + self._pad) * self._width + (c + self._pad)
-        rank = self._pick_rank(self._uniform(B), self._start_rank)
-        self._set_goal(self._free.gather(1, rank[:, None]).squeeze(1), rank)
-        self._pos = start
-        self._last_action = torch.zeros(B, dtype=torch.long, device=self.device)
-        self._last_reward = torch.zeros(B, device=self.device)
+        self._draws = 1
+        rank = self._pick_rank(self._uniforms[0], self._start_rank)
+        self._goal0.copy_(self._free.gather(1, rank[:, None]).squeeze(1))
+        self._goal_rank0.copy_(rank)
+        self._pos0.copy_(self._base + (r + self._pad) * self._width + (c + self._pad))
+        self._last_action0.zero_()
+        self._last_reward0.zero_()
+        # step() and set_state() rebind these names to new tensors, never write into them.
+        self._set_goal(self._goal0, self._goal_rank0)
+        self._pos, self._last_action, self._last_reward = (
+            self._pos0, self._last_action0, self._last_reward0)
         self._t = 0
+        return self._observation()
+
+    @torch.no_grad()
+    def observation(self) -> torch.Tensor:
+        """The current observations, float32 ``(B, D)``: what the last :meth:`reset` or
+        :meth:`step` returned (computed again from the state, as a new tensor)."""
+        if self._t is None:
+            raise RuntimeError("observation() was called before reset(): call reset() first")
         return self._observation()
 
     @torch.no_grad()
@@ -136,7 +180,7 @@ class TorchMazeBatch:
             and ``done``, True on the step that reaches ``episode_length`` (then call
             :meth:`reset`; stepping further raises).
         """
-        cfg, B = self.config, self.num_envs
+        cfg = self.config
         if self._t is None:
             raise RuntimeError("step() was called before reset(): call reset() first")
         if self._t >= cfg.episode_length:
@@ -151,7 +195,9 @@ class TorchMazeBatch:
         reward = hit.float() * cfg.reward
         if cfg.wall_penalty:
             reward = reward - (pos == self._pos).float() * cfg.wall_penalty
-        rank = self._pick_rank(self._uniform(B), self._goal_rank)
+        u = self._uniforms[self._draws]
+        self._draws += 1
+        rank = self._pick_rank(u, self._goal_rank)
         dest = self._free.gather(1, rank[:, None]).squeeze(1)
         self._pos = torch.where(hit, dest, pos)  # teleport after entering the goal
         self._last_reward = reward
@@ -258,9 +304,26 @@ class TorchMazeBatch:
         start_local = (r + self._pad) * W + (c + self._pad)
         self._start_rank = self._free_cumsum[:, start_local] - 1
 
-    def _uniform(self, n: int) -> torch.Tensor:
+    def _uniform(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The only source of randomness besides maze carving: ``n`` float64 uniforms."""
-        return torch.rand(n, dtype=torch.float64, generator=self._gen, device=self.device)
+        return torch.rand(n, dtype=torch.float64, generator=generator, device=self.device)
+
+    def _check_seeds(self, seed: int | Sequence[int] | None) -> list[int] | None:
+        """``seed`` as a list of group seeds (``None`` stays ``None``), or a clear error."""
+        if seed is None:
+            return None
+
+        def ok(s: object) -> bool:
+            return not isinstance(s, bool) and isinstance(s, int | np.integer) and s >= 0
+
+        if ok(seed):
+            return [int(seed)]
+        if isinstance(seed, Sequence) and not isinstance(seed, str) and seed and all(
+                ok(s) for s in seed) and self.num_envs % len(seed) == 0:
+            return [int(s) for s in seed]
+        raise ValueError(f"seed={seed!r} is not accepted: expected an integer >= 0, None, or a "
+                         f"non-empty sequence of integers >= 0 whose length divides "
+                         f"num_envs={self.num_envs}")
 
     def _pick_rank(self, u: torch.Tensor, skip_rank: torch.Tensor) -> torch.Tensor:
         """:func:`envs.maze.pick_rank` on tensors (float64 products, as numpy computes them;
@@ -285,6 +348,8 @@ class TorchMazeBatch:
             in_range = ((actions >= 0) & (actions < NUM_ACTIONS)).all()
             if self.validate_actions:
                 ok = bool(in_range)
+            elif actions.is_cuda and torch.cuda.is_current_stream_capturing():
+                pass  # inside a CUDA graph (agents.population): actions come from argmax
             else:  # no host sync; never let -1 index the last action
                 try:
                     torch._assert_async(in_range, f"actions out of [0, {NUM_ACTIONS})")

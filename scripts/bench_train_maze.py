@@ -306,6 +306,7 @@ def population_costs(args: argparse.Namespace) -> None:
                       maze_size=args.maze_size, episode_length=args.episode_length,
                       warmup_episodes=0, meta_interval=args.meta_interval, threads=args.threads,
                       episodes=10**6, device=args.device)
+    warmup = max(args.warmup, 2) if args.cuda_graph else args.warmup  # eager, then capture
     for size in args.population:
         seeds = list(range(size))
         with tempfile.TemporaryDirectory() as tmp:
@@ -316,37 +317,63 @@ def population_costs(args: argparse.Namespace) -> None:
                 for run in runs:
                     run.train_episode()
 
-            results = time_interleaved({"population": population.train_episode,
-                                        "separate": one_by_one}, args.warmup, args.episodes,
+            runners = {"population": population.train_episode, "separate": one_by_one}
+            if args.cuda_graph:
+                graphed = PopulationTrainer.create(cfg, seeds, [f"{tmp}/g{s}" for s in seeds],
+                                                   cuda_graph=True)
+                runners = {"graphed": graphed.train_episode, **runners}
+            results = time_interleaved(runners, warmup, args.episodes,
                                        torch.device(args.device))
             population.close()
+            if args.cuda_graph:
+                graphed.close()
             for run in separate:
                 run.close()
         steps = size * batch * args.episode_length
         sep_wall, sep_cpu = results["separate"]
         if args.profile:
-            profile_population(cfg, size)
+            profile_population(cfg, size, cuda_graph=args.cuda_graph)
         for name, (wall, cpu) in results.items():
             print(f"{size:>6} {name:>10} {wall:>10.3f} {cpu:>9.3f} {steps / wall:>14.0f} "
                   f"{sep_wall / wall:>11.2f}x {sep_cpu / cpu:>11.2f}x", flush=True)
 
 
-def profile_population(cfg: TrainConfig, size: int, top: int = 8) -> None:
+def profile_population(cfg: TrainConfig, size: int, top: int = 8,
+                       cuda_graph: bool = False) -> None:
     """Where one population episode of ``size`` seeds spends its CPU time: the matrix products
     (arithmetic that batching over seeds cannot shrink) against everything else (per-operation
-    overhead, which it can), and the ``top`` operations by self time."""
+    overhead, which it can), and the ``top`` operations by self time. On a GPU, also the time
+    its kernels kept the device busy, against the episode's wall-clock time."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from agents.population import PopulationTrainer
 
+    on_gpu = torch.device(cfg.device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with tempfile.TemporaryDirectory() as tmp:
         population = PopulationTrainer.create(cfg, list(range(size)),
-                                              [f"{tmp}/p{s}" for s in range(size)])
-        population.train_episode()  # untimed: first touch
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+                                              [f"{tmp}/p{s}" for s in range(size)],
+                                              cuda_graph=cuda_graph)
+        for _ in range(2 if cuda_graph else 1):  # untimed: first touch (and the capture)
             population.train_episode()
+        if on_gpu:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            population.train_episode()
+            if on_gpu:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
         population.close()
     events = prof.key_averages()
+    if on_gpu:
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+                   for e in kernels)
+        print(f"{'':>6} profile of {size} seed(s){' (CUDA graph)' if cuda_graph else ''}: "
+              f"{len(kernels)} GPU kernels and copies, busy {busy / 1e3:.1f} ms of the "
+              f"episode's {wall * 1e3:.1f} ms")
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events
                  if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"))
@@ -384,8 +411,14 @@ def main(argv: list[str] | None = None) -> None:
                         "at the first --batch-sizes")
     parser.add_argument("--profile", action="store_true",
                         help="with --population: also profile one population episode per S")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="with --population on a GPU: also time the population with its "
+                        "episode captured as a CUDA graph (the 'graphed' rows)")
     parser.add_argument("--one-objective", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cuda_graph and (args.population is None or not args.device.startswith("cuda")):
+        parser.error("--cuda-graph times populations on a GPU: give --population S ... and "
+                     "--device cuda")
     import torch
 
     from agents.trainer import TrainConfig

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the fast and warp gradients to the norm 4.0 together (joint, "
                    "default) or each on its own (separate)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --seeds on a GPU: capture each episode (rollout, loss and "
+                   "backward of every seed) as one CUDA graph and replay it, instead of "
+                   "launching its kernels one by one (--seeds S trains one seed this way)")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1; at batch 30 "
                    "the matrices are small, so run one seed per core instead)")
@@ -158,6 +162,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--resume and --overwrite contradict each other; pick one")
     explicit = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     agent = explicit.get("agent", PAPER_AGENT_NAME if args.paper else DEFAULT_AGENT)
+    if args.cuda_graph and (args.seeds is None or not (args.device or "").startswith("cuda")):
+        parser.error("--cuda-graph captures a population's episodes on a GPU: give --seeds "
+                     "(one seed or more) and --device cuda")
     if args.seeds is not None:
         if args.seed is not None:
             parser.error("--seed and --seeds contradict each other; pick one")
@@ -300,12 +307,14 @@ def _train_locked_population(parser: argparse.ArgumentParser, args: argparse.Nam
     try:
         if args.resume:
             population = PopulationTrainer.resume(
-                folders, _resume_overrides(args, explicit, folders[0]))
+                folders, _resume_overrides(args, explicit, folders[0]),
+                cuda_graph=args.cuda_graph)
         else:
             config = _new_config(args, explicit, agent)
             for folder in folders:
                 _clear_out(parser, args, folder)
-            population = PopulationTrainer.create(config, args.seeds, folders)
+            population = PopulationTrainer.create(config, args.seeds, folders,
+                                                  cuda_graph=args.cuda_graph)
     except FileNotFoundError as err:  # runs.NoCheckpointError
         parser.error(f"{err}; nothing to resume (start without --resume)")
 

@@ -35,8 +35,9 @@ def inject(env, stream: Stream) -> None:
         env._uniform = lambda: float(stream.take(1)[0])
     elif isinstance(env, envs.WarpMazeVectorEnv):
         env._uniform = stream.take
-    else:
-        env._uniform = lambda n: torch.as_tensor(stream.take(n))
+    else:  # TorchMazeBatch draws the episode's uniforms at reset: replace those still unused
+        rest = env._uniforms[env._draws:]
+        rest.copy_(torch.as_tensor(stream.take(rest.numel())).view_as(rest))
 
 
 def next_to(walls: np.ndarray, goals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -346,16 +347,40 @@ def test_torch_batch_on_cuda_equals_the_vector_env(layout):
     vec.set_state(agent=agents)
     uniforms = rng.random((T, N))
     inject(vec, Stream(uniforms))
-    stream = Stream(uniforms)
-    batch._uniform = lambda n: torch.as_tensor(stream.take(n), device="cuda")
+    inject(batch, Stream(uniforms))
     for a in rng.integers(0, 4, (T, N)):
         o_v, r_v, *_ = vec.step(a)
         o_t, r_t, _ = batch.step(torch.as_tensor(a, device="cuda"))
         np.testing.assert_array_equal(o_v, o_t.cpu().numpy())
         np.testing.assert_array_equal(r_v.astype(np.float32), r_t.cpu().numpy())
     # and a seeded reset draws goals on the GPU (its own generator again) that obey the rules
-    del batch._uniform
     batch.reset(seed=3)
     walls = batch.walls.cpu().numpy()
     goals = batch.goal_cells.cpu().numpy()
     assert not walls[np.arange(N), goals[:, 0], goals[:, 1]].any()
+
+
+@pytest.mark.parametrize("layout", ["grid", "random"])
+def test_torch_batch_reset_with_group_seeds_plays_each_group_as_its_own_batch(layout):
+    # A population on one device: group k of a batch reset with seeds [s0, s1, s2] must play
+    # exactly what a batch of its size reset with s_k plays (not a shared or shifted stream).
+    G, B, T, seeds = 3, 4, 40, [11, 12, 13]
+    whole = envs.TorchMazeBatch(G * B, layout=layout, size=9, episode_length=T)
+    parts = [envs.TorchMazeBatch(B, layout=layout, size=9, episode_length=T) for _ in seeds]
+    obs = whole.reset(seeds)
+    for k, (part, seed) in enumerate(zip(parts, seeds, strict=True)):
+        torch.testing.assert_close(obs[k * B:(k + 1) * B], part.reset(seed), rtol=0, atol=0)
+    rng = np.random.default_rng(0)
+    differ = False
+    for _ in range(T):
+        a = torch.as_tensor(rng.integers(0, 4, G * B))
+        obs, reward, _ = whole.step(a)
+        for k, part in enumerate(parts):
+            o, r, _ = part.step(a[k * B:(k + 1) * B])
+            torch.testing.assert_close(obs[k * B:(k + 1) * B], o, rtol=0, atol=0)
+            torch.testing.assert_close(reward[k * B:(k + 1) * B], r, rtol=0, atol=0)
+        torch.testing.assert_close(whole.observation(), obs, rtol=0, atol=0)
+        differ |= not torch.equal(whole.goal_cells[:B], whole.goal_cells[B:2 * B])
+    assert differ  # the groups' goals do differ
+    with pytest.raises(ValueError, match="whose length divides num_envs=12"):
+        whole.reset([1, 2, 3, 4, 5])

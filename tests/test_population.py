@@ -77,6 +77,31 @@ def test_each_member_matches_a_separate_run_of_its_seed_in_float64(tmp_path, age
     assert not np.array_equal(rewards[0], rewards[1])  # the seeds do differ
 
 
+@pytest.mark.parametrize("agent", ["warp_identity_orth", "lstm"])
+def test_population_on_the_torch_mazes_matches_separate_runs_in_float64(tmp_path, agent):
+    # env_backend="torch" is what every GPU run uses: the population steps one batch of S x B
+    # mazes (TorchMazeBatch reset with one seed per group) instead of S batches.
+    config = TrainConfig(agent=agent, env_backend="torch", **TINY)
+    population = PopulationTrainer([float64_run(dataclasses.replace(config, seed=s),
+                                                tmp_path / f"pop{s}") for s in SEEDS])
+    assert population.mazes is not None and population.mazes.num_envs == 3 * TINY["batch_size"]
+    finish(population)
+    for member, seed in zip(population.runs, SEEDS, strict=True):
+        alone = float64_run(dataclasses.replace(config, seed=seed), tmp_path / f"alone{seed}")
+        finish(alone)
+        assert_runs_agree(tmp_path / f"pop{seed}", tmp_path / f"alone{seed}",
+                          member.agent.state_dict(), alone.agent.state_dict(), rtol=1e-9)
+
+
+def test_cuda_graph_is_refused_off_a_gpu(tmp_path):
+    config = TrainConfig(agent="lstm", **TINY)
+    with pytest.raises(ValueError, match="cuda_graph=True needs runs on a CUDA device"):
+        PopulationTrainer.create(config, SEEDS[:2], [tmp_path / "a", tmp_path / "b"],
+                                 cuda_graph=True)
+    # the runs built before the refusal were closed: their folders can be used again
+    PopulationTrainer.create(config, SEEDS[:2], [tmp_path / "a2", tmp_path / "b2"]).close()
+
+
 def test_float32_population_through_the_script_matches_separate_runs(tmp_path):
     script = load_script("train_maze")
     flags = ["--agent", "warp_identity_orth", "--episodes", "4", "--batch-size", "4",
@@ -144,7 +169,9 @@ def test_refusals(tmp_path, capsys):
     for argv, message in (
             (["--agent", "warp_lstm", "--seeds", "0", "1"], "cannot train as a population"),
             (["--seeds", "0", "1", "--seed", "2"], "contradict"),
-            (["--seeds", "0", "0"], "distinct")):
+            (["--seeds", "0", "0"], "distinct"),
+            (["--seeds", "0", "--cuda-graph"], "--cuda-graph captures"),
+            (["--seed", "0", "--device", "cuda", "--cuda-graph"], "give --seeds")):
         with pytest.raises(SystemExit) as exit_info:
             script.main([*argv, "--out", str(tmp_path / "s")])
         assert exit_info.value.code == 2
@@ -166,3 +193,45 @@ def test_cuda_population_matches_separate_runs(tmp_path, agent):
         np.testing.assert_array_equal(a["reward_mean"], b["reward_mean"])
         for p, q in zip(member.agent.parameters(), alone.agent.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("agent", ["warp_identity_orth", "lstm"])
+def test_cuda_graph_population_matches_the_eager_population(tmp_path, agent):
+    # Episode 0 runs eagerly, episode 1 is captured and replayed, episodes 2.. are replays: a
+    # graph that read a stale input (mazes, noise, parameters) or lost a gradient would drift.
+    config = TrainConfig(agent=agent, device="cuda", **dict(TINY, episodes=6))
+    graphed = PopulationTrainer.create(config, SEEDS, [tmp_path / f"g{s}" for s in SEEDS],
+                                       cuda_graph=True)
+    finish(graphed)
+    assert graphed._graph is not None
+    eager = PopulationTrainer.create(config, SEEDS, [tmp_path / f"e{s}" for s in SEEDS])
+    finish(eager)
+    for g_run, e_run, seed in zip(graphed.runs, eager.runs, SEEDS, strict=True):
+        a = read_log(tmp_path / f"g{seed}" / "log.csv")
+        b = read_log(tmp_path / f"e{seed}" / "log.csv")
+        np.testing.assert_array_equal(a["reward_mean"], b["reward_mean"])
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+        for p, q in zip(g_run.agent.parameters(), e_run.agent.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_through_the_script_and_resume(tmp_path):
+    script = load_script("train_maze")
+    base = ["--agent", "warp_identity_orth", "--device", "cuda", "--batch-size", "4",
+            "--hidden-size", "8", "--maze-size", "7", "--episode-length", "12",
+            "--warmup-episodes", "1", "--meta-interval", "2", "--checkpoint-every", "2",
+            "--no-plot", "--quiet"]
+    assert script.main([*base, "--seeds", "3", "4", "--episodes", "5", "--cuda-graph",
+                        "--out", str(tmp_path / "straight")]) == 0
+    assert script.main([*base, "--seeds", "3", "4", "--episodes", "3", "--cuda-graph",
+                        "--out", str(tmp_path / "split")]) == 0
+    assert script.main([*base, "--seeds", "3", "4", "--episodes", "5", "--cuda-graph",
+                        "--resume", "--out", str(tmp_path / "split")]) == 0
+    for seed in (3, 4):
+        a = read_log(tmp_path / "straight" / f"seed{seed}" / "log.csv")
+        b = read_log(tmp_path / "split" / f"seed{seed}" / "log.csv")
+        np.testing.assert_array_equal(a["episode"], np.arange(5))
+        np.testing.assert_array_equal(a["reward_mean"], b["reward_mean"])
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
