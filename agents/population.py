@@ -26,6 +26,13 @@ population run is reproducible as the same population (same seeds, same order, s
 
 Each run's folder is an ordinary run folder: it can be resumed on its own, by
 ``scripts/train_maze.py --resume`` with one seed or with the others as a population.
+
+On a GPU (the torch maze back-end) the population also shares its mazes: one
+:class:`envs.TorchMazeBatch` of ``S x B`` mazes, reset with one seed per run, so that a maze
+step is one set of kernels for all runs. With ``cuda_graph=True`` the device part of the
+episode (:meth:`PopulationTrainer.play_and_backward`: the mazes, the agents' steps, sampling,
+losses and backward) is captured once as a CUDA graph and replayed every episode after; the
+clipping, steps, warp objectives, logs and checkpoints stay outside it, unchanged.
 """
 
 from __future__ import annotations
@@ -182,6 +189,8 @@ class PopulationTrainer:
         else:
             self._graph = _CapturedEpisode(self, env_seeds)
             rollouts, losses = self._graph.replay(env_seeds)
+        # (Under a CUDA graph the replay is only launched by now: the log's rollout_s is then
+        # the launch, and update_s holds the episode's device time.)
         rollout_done = time.perf_counter()
         numbers, failed = [], []
         for run, rollout, loss in zip(runs, rollouts, losses, strict=True):
