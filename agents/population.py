@@ -176,19 +176,19 @@ class PopulationTrainer:
         if not self.cuda_graph:
             rollouts, losses = self.rollouts_and_backward(env_seeds)
         elif self._graph is not None:
-            rollouts, losses = self._graph.replay(env_seeds)
+            self._graph.fill(env_seeds)
+            rollouts, losses = self._graph.replay()
         elif not self._warmed_up:
             # The first episode runs as it is, on the stream the graph will be captured on: the
             # lazy set-up of the libraries (cuBLAS workspaces, autograd's device threads)
             # happens here, outside any capture.
             with torch.cuda.stream(self._stream):
                 rollouts, losses = self.rollouts_and_backward(env_seeds)
-            torch.cuda.current_stream().wait_stream(self._stream)
-            torch.cuda.synchronize(self._stream.device)
+            torch.cuda.synchronize(self._stream.device)  # before the default stream reads them
             self._warmed_up = True
-        else:
+        else:  # captured with this episode's inputs already filled
             self._graph = _CapturedEpisode(self, env_seeds)
-            rollouts, losses = self._graph.replay(env_seeds)
+            rollouts, losses = self._graph.replay()
         # (Under a CUDA graph the replay is only launched by now: the log's rollout_s is then
         # the launch, and update_s holds the episode's device time.)
         rollout_done = time.perf_counter()
@@ -244,9 +244,7 @@ class PopulationTrainer:
 
     def _losses_and_backward(self, rollouts: Sequence[Rollout]) -> list[A2CLoss]:
         losses = [run.loss(rollout) for run, rollout in zip(self.runs, rollouts, strict=True)]
-        for run in self.runs:
-            for p in run.params:
-                p.grad = None
+        self.clear_grads()
         torch.stack([loss.total for loss in losses]).sum().backward()
         return losses
 
@@ -268,9 +266,7 @@ class PopulationTrainer:
                 try:
                     rows = self.train_episode()
                 except NonFiniteLossError as err:
-                    for run in self.runs:
-                        for p in run.params:
-                            p.grad = None
+                    self.clear_grads()
                     self.save_checkpoints()
                     raise NonFiniteLossError(
                         f"{err}. Training stopped; every run's checkpoint holds its state "
@@ -288,6 +284,12 @@ class PopulationTrainer:
                 self.save_checkpoints()
         finally:
             bar.close()
+
+    def clear_grads(self) -> None:
+        """Set every run's parameters' ``.grad`` to ``None``."""
+        for run in self.runs:
+            for p in run.params:
+                p.grad = None
 
     def save_checkpoints(self) -> None:
         """Every run's checkpoint (:meth:`agents.trainer.Trainer.save_checkpoint`), each with
@@ -324,26 +326,22 @@ class _CapturedEpisode:
         self.trainer = trainer
         self.noise = [torch.empty(cfg.episode_length, trainer.batch, run.agent.num_actions,
                                   device=run.device) for run in runs]
-        self._fill(env_seeds)
-        for run in runs:
-            for p in run.params:
-                p.grad = None
+        self.fill(env_seeds)
+        trainer.clear_grads()  # so that the captured backward allocates them in the graph's pool
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=trainer._stream):
             self.rollouts, self.losses = trainer.play_and_backward(torch.stack(self.noise, 1))
         self.grads = [[p.grad for p in run.params] for run in runs]
-        self._filled = True  # the capture's own inputs are the first replay's
 
-    def _fill(self, env_seeds: Sequence[int]) -> None:
+    def fill(self, env_seeds: Sequence[int]) -> None:
+        """Write the inputs of the episode of ``env_seeds`` (each run's generator already
+        seeded for it): reset the mazes, draw every run's action noise."""
         self.trainer.mazes.reset(env_seeds)
         for run, out in zip(self.trainer.runs, self.noise, strict=True):
-            gumbel_noise(out.shape[0], out.shape[1], out.shape[2], run.generator, out=out)
+            gumbel_noise(*out.shape, run.generator, out=out)
 
-    def replay(self, env_seeds: Sequence[int]) -> tuple[list[Rollout], list[A2CLoss]]:
-        """Run the episode of ``env_seeds`` (each run's generator already seeded for it)."""
-        if not self._filled:
-            self._fill(env_seeds)
-        self._filled = False
+    def replay(self) -> tuple[list[Rollout], list[A2CLoss]]:
+        """Run the episode whose inputs :meth:`fill` wrote (the constructor fills the first)."""
         self.graph.replay()
         for run, grads in zip(self.trainer.runs, self.grads, strict=True):
             for p, g in zip(run.params, grads, strict=True):

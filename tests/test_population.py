@@ -21,6 +21,7 @@ from script_loader import load_script
 from agents import make_agent
 from agents.population import PopulationTrainer, population_agents
 from agents.trainer import LOG_FIELDS, TIMING_FIELDS, TrainConfig, Trainer, read_log
+from warp_rl import runs
 from warp_rl.utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,8 +99,10 @@ def test_cuda_graph_is_refused_off_a_gpu(tmp_path):
     with pytest.raises(ValueError, match="cuda_graph=True needs runs on a CUDA device"):
         PopulationTrainer.create(config, SEEDS[:2], [tmp_path / "a", tmp_path / "b"],
                                  cuda_graph=True)
-    # the runs built before the refusal were closed: their folders can be used again
-    PopulationTrainer.create(config, SEEDS[:2], [tmp_path / "a2", tmp_path / "b2"]).close()
+    # the runs built before the refusal were closed: no lock on their folders is still held
+    for folder in ("a", "b"):
+        assert (tmp_path / folder / "log.csv").exists()  # they were built, then refused
+        assert str((tmp_path / folder).resolve()) not in runs._HELD
 
 
 def test_float32_population_through_the_script_matches_separate_runs(tmp_path):
