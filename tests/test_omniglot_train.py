@@ -4,6 +4,7 @@ the one-shot benchmark and the comparison plot."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -141,6 +142,11 @@ def test_one_shot_benchmark_and_comparison_plot(data, tmp_path):
     lines = text.splitlines()
     assert len(lines) == 4 and {lines[2].split()[1], lines[3].split()[1]} == {"no", "leap"}
     assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == text
+    text = plot.main([str(tmp_path), "--out", str(fig), "--pair", "no", "leap"])
+    assert text.splitlines()[-1].startswith("no verdict: 1 paired seed(s)")
+    with pytest.raises(SystemExit) as err:
+        plot.main([str(tmp_path), "--out", str(fig), "--pair", "leap", "reptile"])
+    assert err.value.code == 2
 
 
 def test_comparison_table_counts_runs_and_distinct_seeds():
@@ -240,3 +246,56 @@ def test_resume_of_a_checkpoint_older_than_the_paper_options(data, tmp_path):
         main(argv(data, out, "leap", "--meta-steps", "2", "--resume", "--task-head", "fresh"))
     main(argv(data, out, "leap", "--meta-steps", "2", "--resume", "--no-test"))
     assert [r["step"] for r in read_rows(out / "train.csv")] == ["1", "2"]
+
+
+def test_paired_verdict_follows_the_rule_fixed_in_advance(tmp_path):
+    from warp_rl.omniglot.plots import paired
+
+    def runs(leap: list[float], warp: list[float], seeds=(0, 1, 2)) -> dict:
+        out = {}
+        for method, accs in (("leap", leap), ("warp_leap", warp)):
+            out[method] = []
+            for seed, acc in zip(seeds, accs, strict=True):
+                d = tmp_path / f"{method}-{seed}"
+                d.mkdir(exist_ok=True)
+                (d / "val.csv").write_text(f"step,test_acc\n0,{0.1 + seed / 100}\n20,0.9\n")
+                out[method].append({"meta_model": method, "seed": seed, "test_acc": acc / 100,
+                                    "dir": d})
+        return out
+
+    # spread 2 (either method's range), every gap 5: ahead
+    text, verdict = paired(runs([50, 51, 52], [55, 56, 57]), "leap", "warp_leap")
+    assert verdict.startswith("warp_leap is ahead of leap"), verdict
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()[2:]]
+    assert rows[1] == ["1", "11.0", "11.0", "51.0", "56.0", "+5.0"]  # step 0 read from val.csv
+    # one seed's gap (1.5) inside the spread (2.5): no difference, although the mean gap is 4
+    _, verdict = paired(runs([50, 51, 52], [55, 56, 53.5]), "leap", "warp_leap")
+    assert verdict.startswith("no difference shown"), verdict
+    # the candidate's own spread counts too: gaps 5, 9.5 and 1.5 all beat leap's range (1),
+    # not warp_leap's (7.5)
+    _, verdict = paired(runs([50, 50.5, 51], [55, 60, 52.5]), "leap", "warp_leap")
+    assert verdict.startswith("no difference shown"), verdict
+    # a wide spread swallows a constant gap
+    _, verdict = paired(runs([50, 51, 60], [55, 56, 65]), "leap", "warp_leap")
+    assert verdict.startswith("no difference shown"), verdict
+    _, verdict = paired(runs([55, 56, 57], [50, 51, 52]), "leap", "warp_leap")
+    assert verdict.startswith("warp_leap is behind leap"), verdict
+    # pairs by seed, not by position: warp_leap's seeds listed in another order
+    _, verdict = paired(runs([50, 51, 52], [57, 55, 56], seeds=(2, 0, 1)), "leap", "warp_leap")
+    assert verdict.startswith("warp_leap is ahead"), verdict
+    # the logs as the repository keeps them: val.csv gzipped
+    kept = runs([50, 51, 52], [55, 56, 57])
+    val = kept["leap"][1]["dir"] / "val.csv"
+    with gzip.open(val.with_name("val.csv.gz"), "wt") as f:
+        f.write(val.read_text())
+    val.unlink()
+    text, _ = paired(kept, "leap", "warp_leap")
+    assert text.splitlines()[3].split("|")[2].strip() == "11.0"
+    _, verdict = paired(runs([50, 51], [55, 56], seeds=(0, 1)), "leap", "warp_leap")
+    assert verdict.startswith("no verdict: 2 paired seed(s)"), verdict
+    twice = runs([50, 51, 52], [55, 56, 57])
+    twice["leap"].append(dict(twice["leap"][0]))
+    with pytest.raises(ValueError, match="two runs of leap with seed 0"):
+        paired(twice, "leap", "warp_leap")
+    with pytest.raises(ValueError, match="no finished runs of 'reptile'"):
+        paired(runs([50, 51, 52], [55, 56, 57]), "leap", "reptile")

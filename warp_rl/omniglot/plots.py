@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from collections import defaultdict
@@ -15,10 +16,16 @@ import matplotlib.pyplot as plt
 
 
 def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of ``path``, or of ``path.gz`` (a run's logs as the repository keeps them);
+    none if neither exists."""
+    if path.is_file():
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    gz = path.with_name(path.name + ".gz")
+    if gz.is_file():
+        with gzip.open(gz, "rt", newline="") as f:
+            return list(csv.DictReader(f))
+    return []
 
 
 def _col(rows: list[dict], key: str) -> list[float]:
@@ -106,7 +113,8 @@ def table(runs: dict[str, list[dict]]) -> str:
 
 
 def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
-    """Validation accuracy against meta-steps and test adaptation curves, mean over runs."""
+    """Validation accuracy against meta-steps (mean over runs, each run thin) and test
+    adaptation curves (mean over runs)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted(runs):
         rs = runs[method]
@@ -116,7 +124,11 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
             n = min(len(v) for v in vals)
             steps = _col(vals[0][:n], "step")
             mean = [sum(_col(v[:n], "test_acc")[i] for v in vals) / len(vals) for i in range(n)]
-            axes[0].plot(steps, mean, marker="o", ms=3, label=method)
+            line, = axes[0].plot(steps, mean, marker="o", ms=3, label=method)
+            if len(vals) > 1:  # each run, thin, under the mean
+                for v in vals:
+                    axes[0].plot(_col(v, "step"), _col(v, "test_acc"), lw=0.7, alpha=0.35,
+                                 color=line.get_color())
         curves = [_read_csv(Path(r["dir"]) / "test_curve.csv") for r in rs]
         curves = [c for c in curves if c]
         if curves:
@@ -138,3 +150,65 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def step0_val_acc(run: dict) -> float:
+    """Validation held-out accuracy at meta-step 0 (before any meta-training) of the run whose
+    folder is ``run["dir"]``; NaN if its ``val.csv`` has no step-0 row."""
+    rows = [r for r in _read_csv(Path(run["dir"]) / "val.csv") if r.get("step") == "0"]
+    return float(rows[0]["test_acc"]) if rows else math.nan
+
+
+def paired(runs: dict[str, list[dict]], baseline: str, candidate: str,
+           min_seeds: int = 3) -> tuple[str, str]:
+    """``candidate`` against ``baseline``, seed by seed, and the verdict of the rule fixed before
+    the fair test (docs/omniglot.md):
+
+    * the spread is the larger of the two methods' ranges (max - min) of test accuracy over the
+      paired seeds;
+    * ``candidate`` is **ahead** only if it beats ``baseline`` on every paired seed by more than
+      the spread, **behind** if ``baseline`` beats it that way, and otherwise no difference is
+      shown;
+    * with fewer than ``min_seeds`` paired seeds there is no verdict.
+
+    Returns ``(markdown table, verdict line)``; accuracies in percent. Seeds that only one of
+    the methods ran are left out (named in the verdict line); two runs of one method with one
+    seed are refused, since pairing them would be ambiguous.
+    """
+    by_seed: dict[str, dict[int, dict]] = {}
+    for method in (baseline, candidate):
+        if method not in runs:
+            raise ValueError(f"no finished runs of {method!r}; have {sorted(runs)}")
+        seeds: dict[int, dict] = {}
+        for r in runs[method]:
+            if r.get("seed") is None:
+                raise ValueError(f"a run of {method} in {r.get('dir')} has no seed in test.json")
+            if r["seed"] in seeds:
+                raise ValueError(f"two runs of {method} with seed {r['seed']}: "
+                                 f"{seeds[r['seed']].get('dir')} and {r.get('dir')}")
+            seeds[r["seed"]] = r
+        by_seed[method] = seeds
+    shared = sorted(set(by_seed[baseline]) & set(by_seed[candidate]))
+    unpaired = sorted(set(by_seed[baseline]) ^ set(by_seed[candidate]))
+    lines = [f"| seed | {baseline} at step 0 | {candidate} at step 0 | {baseline} | "
+             f"{candidate} | {candidate} - {baseline} |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    acc = {m: [100 * by_seed[m][s]["test_acc"] for s in shared] for m in (baseline, candidate)}
+    diffs = [c - b for b, c in zip(acc[baseline], acc[candidate], strict=True)]
+    for i, s in enumerate(shared):
+        b0, c0 = (100 * step0_val_acc(by_seed[m][s]) for m in (baseline, candidate))
+        lines.append(f"| {s} | {b0:.1f} | {c0:.1f} | {acc[baseline][i]:.1f} | "
+                     f"{acc[candidate][i]:.1f} | {diffs[i]:+.1f} |")
+    note = f" (left out, run by one method only: seeds {unpaired})" if unpaired else ""
+    if len(shared) < min_seeds:
+        return "\n".join(lines), (f"no verdict: {len(shared)} paired seed(s), the rule needs "
+                                  f"{min_seeds}{note}")
+    spread = max(max(acc[m]) - min(acc[m]) for m in acc)
+    if all(d > spread for d in diffs):
+        verdict = f"{candidate} is ahead of {baseline}"
+    elif all(-d > spread for d in diffs):
+        verdict = f"{candidate} is behind {baseline}"
+    else:
+        verdict = f"no difference shown between {candidate} and {baseline}"
+    return "\n".join(lines), (f"{verdict}: differences {', '.join(f'{d:+.1f}' for d in diffs)} "
+                              f"points against a spread between seeds of {spread:.1f}{note}")
