@@ -78,6 +78,23 @@ def test_each_member_matches_a_separate_run_of_its_seed_in_float64(tmp_path, age
     assert not np.array_equal(rewards[0], rewards[1])  # the seeds do differ
 
 
+@pytest.mark.parametrize("objective", ["algorithm2", "algorithm2_detached"])
+def test_population_with_a_replaying_objective_matches_separate_runs(tmp_path, objective):
+    # algorithm2 replays each run's own recorded episodes: a population must hand every run the
+    # rows of its own mazes, not the whole batch's or another seed's
+    config = TrainConfig(agent="warp_identity_orth", warp_objective=objective,
+                         **{**TINY, "episodes": 6})
+    population = PopulationTrainer([float64_run(dataclasses.replace(config, seed=s),
+                                                tmp_path / f"pop{s}") for s in SEEDS[:2]])
+    finish(population)
+    for member, seed in zip(population.runs, SEEDS[:2], strict=True):
+        alone = float64_run(dataclasses.replace(config, seed=seed), tmp_path / f"alone{seed}")
+        finish(alone)
+        assert read_log(tmp_path / f"pop{seed}" / "log.csv")["warp_step"].sum() >= 2
+        assert_runs_agree(tmp_path / f"pop{seed}", tmp_path / f"alone{seed}",
+                          member.agent.state_dict(), alone.agent.state_dict(), rtol=1e-9)
+
+
 @pytest.mark.parametrize("agent", ["warp_identity_orth", "lstm"])
 def test_population_on_the_torch_mazes_matches_separate_runs_in_float64(tmp_path, agent):
     # env_backend="torch" is what every GPU run uses: the population steps one batch of S x B
