@@ -260,7 +260,7 @@ def test_paired_verdict_follows_the_rule_fixed_in_advance(tmp_path):
                 d.mkdir(exist_ok=True)
                 (d / "val.csv").write_text(f"step,test_acc\n0,{0.1 + seed / 100}\n20,0.9\n")
                 out[method].append({"meta_model": method, "seed": seed, "test_acc": acc / 100,
-                                    "dir": d})
+                                    "meta_steps": 300, "dir": d})
         return out
 
     # spread 2 (either method's range), every gap 5: ahead
@@ -297,5 +297,10 @@ def test_paired_verdict_follows_the_rule_fixed_in_advance(tmp_path):
     twice["leap"].append(dict(twice["leap"][0]))
     with pytest.raises(ValueError, match="two runs of leap with seed 0"):
         paired(twice, "leap", "warp_leap")
+    unequal = runs([50, 51, 52], [55, 56, 57])
+    unequal["warp_leap"][2]["meta_steps"] = 100  # a run tested after its first chunk only
+    with pytest.raises(ValueError,
+                       match=r"different numbers of meta-steps: .*warp_leap seed 2: 100"):
+        paired(unequal, "leap", "warp_leap")
     with pytest.raises(ValueError, match="no finished runs of 'reptile'"):
         paired(runs([50, 51, 52], [55, 56, 57]), "leap", "reptile")

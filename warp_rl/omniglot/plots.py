@@ -173,7 +173,7 @@ def paired(runs: dict[str, list[dict]], baseline: str, candidate: str,
 
     Returns ``(markdown table, verdict line)``; accuracies in percent. Seeds that only one of
     the methods ran are left out (named in the verdict line); two runs of one method with one
-    seed are refused, since pairing them would be ambiguous.
+    seed, and paired runs tested after different numbers of meta-steps, are refused.
     """
     by_seed: dict[str, dict[int, dict]] = {}
     for method in (baseline, candidate):
@@ -189,6 +189,11 @@ def paired(runs: dict[str, list[dict]], baseline: str, candidate: str,
             seeds[r["seed"]] = r
         by_seed[method] = seeds
     shared = sorted(set(by_seed[baseline]) & set(by_seed[candidate]))
+    steps = {(m, s): by_seed[m][s].get("meta_steps") for m in by_seed for s in shared}
+    # (0: a method that does not meta-train, such as ``no``)
+    if len(set(steps.values()) - {0}) > 1:  # e.g. one run's test after its first chunk only
+        raise ValueError("the paired runs were tested after different numbers of meta-steps: "
+                         + ", ".join(f"{m} seed {s}: {n}" for (m, s), n in steps.items()))
     unpaired = sorted(set(by_seed[baseline]) ^ set(by_seed[candidate]))
     lines = [f"| seed | {baseline} at step 0 | {candidate} at step 0 | {baseline} | "
              f"{candidate} | {candidate} - {baseline} |",
