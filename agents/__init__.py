@@ -38,7 +38,8 @@ def make_agent(name: str, obs_dim: int, num_actions: int, hidden_size: int = 100
     return cls(obs_dim=obs_dim, num_actions=num_actions, hidden_size=hidden_size, **kwargs)
 
 
-WARP_OBJECTIVE_NAMES: tuple[str, ...] = ("two_timescale", "algorithm2", "algorithm2_detached")
+WARP_OBJECTIVE_NAMES: tuple[str, ...] = ("two_timescale", "algorithm2", "algorithm2_detached",
+                                         "algorithm2_interval")
 """The names of :data:`agents.warp_objectives.WARP_OBJECTIVES`, in its order, for the command
 line (``--warp-objective``) without importing torch; a test checks that the two agree."""
 

@@ -16,7 +16,8 @@ One *episode* of training is::
 The default objective, ``two_timescale``, is the paper's schedule: it sums the warp gradients of
 the post-warm-up episodes and steps the warp Adam on the sum every ``meta_interval`` episodes.
 ``algorithm2`` and ``algorithm2_detached`` meta-learn the warp weights with WarpGrad's
-Algorithm 2 on replayed episode pairs (see :mod:`agents.warp_objectives`).
+Algorithm 2 on replayed episode pairs; ``algorithm2_interval`` adds Algorithm 2's second-order
+term, estimated on replayed pairs, to the schedule's sum (see :mod:`agents.warp_objectives`).
 
 The fast/warp split comes from :func:`warp_rl.partition` over the agent's
 ``adapt_modules()`` / ``warp_modules()``; agents without warp modules (the baselines) get one
@@ -115,9 +116,9 @@ class TrainConfig:
         meta_interval: warp step every this many (post-warmup) episodes.
         warp_objective: how the warp weights are meta-learned, a name in
             :data:`agents.warp_objectives.WARP_OBJECTIVES` (``two_timescale``, the paper's;
-            ``algorithm2``; ``algorithm2_detached``). Ignored by agents without warp weights.
-        warp_pairs: episode pairs replayed per warp step by ``algorithm2`` and
-            ``algorithm2_detached``.
+            ``algorithm2``; ``algorithm2_detached``; ``algorithm2_interval``). Ignored by
+            agents without warp weights.
+        warp_pairs: episode pairs replayed per warp step by the ``algorithm2`` objectives.
         warmup_episodes: no optimiser step at all during the first this many episodes.
         maze_size: odd side length of the square maze (13 in the paper).
         episode_length: steps per episode (200).

@@ -7,7 +7,7 @@ then hands control of the warp weights to a :class:`WarpObjective`::
     if fast_step: fast_opt.step()                    # the fast weights, every post-warm-up episode
     warp_step = objective.step(episode)              # the objective steps warp_opt if it wants to
 
-Three objectives (``--warp-objective``, :data:`WARP_OBJECTIVES`):
+Four objectives (``--warp-objective``, :data:`WARP_OBJECTIVES`):
 
 ``two_timescale`` (the paper's schedule, the default)
     Sums the warp gradient of every post-warm-up episode's own A2C loss and gives the sum to
@@ -23,7 +23,8 @@ Three objectives (``--warp-objective``, :data:`WARP_OBJECTIVES`):
         theta'(phi)  = AdamStep(theta_k, g_k(phi); Adam state before step k, held fixed)
         meta-loss    = L_{k+1}(theta'(phi), phi)                  # episode k+1's A2C loss
 
-    ``theta'`` is (up to how the fast gradient was clipped, see below) the ``theta_{k+1}`` that
+    ``theta'`` is (up to how the fast gradient was clipped, see below, and, for the interval's
+    first pair, up to the warp step taken between ``k`` and ``k + 1``) the ``theta_{k+1}`` that
     played episode ``k + 1``, so the meta-loss is an on-policy A2C loss. Its gradient with
     respect to ``phi`` goes through ``g_k`` (second order) and is averaged over the pairs, clipped
     to ``max_grad_norm`` and given to the warp Adam. Replaying a recorded episode feeds the
@@ -35,6 +36,10 @@ Three objectives (``--warp-objective``, :data:`WARP_OBJECTIVES`):
     through the fast step. Since ``theta' = theta_{k+1}``, this is the warp gradient of episode
     ``k + 1``'s own loss, the quantity ``two_timescale`` sums; ``algorithm2_detached`` averages a
     sample of them instead of summing all. It isolates what the second-order term adds.
+``algorithm2_interval``
+    Algorithm 2 summed over every pair of the interval: ``two_timescale``'s sum (the pairs'
+    direct terms, exact) plus the second-order term estimated from ``warp_pairs`` replayed
+    pairs (:class:`Algorithm2Interval`).
 
 The fast gradient in the replayed step is clipped on its own to ``max_grad_norm`` (as with
 ``--clip separate``); under the default joint clipping the real step scaled it by the joint
@@ -86,7 +91,7 @@ class WarpContext:
         warmup_episodes: episodes without any step at the start.
         max_grad_norm: clip norm (the meta-gradient and the replayed fast gradient).
         gamma, value_coef, penalty_coef: the A2C loss.
-        warp_pairs: episode pairs replayed per warp step (``algorithm2``, ``algorithm2_detached``).
+        warp_pairs: episode pairs replayed per warp step (the ``algorithm2`` objectives).
         seed: the run's seed (which pairs are replayed is a function of it and the episode).
     """
 
@@ -356,11 +361,92 @@ class Algorithm2Detached(Algorithm2):
     second_order = False
 
 
+class Algorithm2Interval(Algorithm2):
+    """Algorithm 2's meta-gradient summed over *every* pair of the interval, its first-order
+    part exact and its second-order part estimated from ``warp_pairs`` sampled pairs.
+
+    A pair's meta-gradient splits in two (``theta'`` is a function of ``phi`` through the
+    inner gradient ``g_k``)::
+
+        d/dphi L_{k+1}(theta'(phi), phi) = dL_{k+1}/dphi at theta'          # direct
+                                         + (dtheta'/dphi)^T dL_{k+1}/dtheta'  # second order
+
+    Since ``theta' = theta_{k+1}``, the direct term is the warp gradient of episode ``k + 1``'s
+    own loss, which :class:`TwoTimescale` already sums over the interval at no extra cost.
+    This objective sums it the same way and adds the second-order term of ``m = warp_pairs``
+    of the ``P`` pairs (``P <= meta_interval``), averaged, clipped to ``max_grad_norm`` and
+    scaled by ``P``: an estimate of the sum of the ``P`` second-order terms (unbiased before
+    the clip). With every pair replayed (``warp_pairs >= meta_interval``) the warp Adam gets
+    the summed Algorithm 2 meta-gradient of the whole interval (up to clipping); with 2 pairs
+    it costs what ``algorithm2`` costs. ``algorithm2`` and ``algorithm2_detached`` instead use
+    only the sampled pairs' direct terms, a sample of what ``two_timescale`` sums.
+    """
+
+    name = "algorithm2_interval"
+
+    def __init__(self, ctx: WarpContext) -> None:
+        super().__init__(ctx)
+        # The direct warp gradients since the last warp step, as TwoTimescale sums them.
+        self.warp_grad_sum = [torch.zeros_like(p) for p in ctx.warp_params]
+
+    def record(self, episode: int, rollout: Rollout, fast_step: bool) -> None:
+        if fast_step:
+            torch._foreach_add_(self.warp_grad_sum, [p.grad for p in self.ctx.warp_params])
+        super().record(episode, rollout, fast_step)
+
+    def second_order_loss(self, first: EpisodeRecord, second: EpisodeRecord) -> torch.Tensor:
+        """The meta-loss with ``phi`` held constant in episode ``k + 1``'s forward pass: its
+        gradient with respect to ``phi`` is the second-order term alone."""
+        phi = {n: p.detach() for n, p in zip(self.warp_names, self.ctx.warp_params, strict=True)}
+        return self.replay_loss({**self.stepped_fast_weights(first), **phi}, second)
+
+    def step(self, episode: int) -> bool:
+        if not self.is_warp_step(episode):
+            return False
+        ctx = self.ctx
+        pairs = self.pairs(episode)
+        chosen = self.choose(pairs, episode)
+        correction = [torch.zeros_like(p) for p in ctx.warp_params]
+        losses = []
+        for first, second in chosen:
+            loss = self.second_order_loss(first, second)
+            grads = torch.autograd.grad(loss, ctx.warp_params, allow_unused=True)
+            for acc, g in zip(correction, grads, strict=True):
+                if g is not None:
+                    acc.add_(g)
+            losses.append(float(loss.detach()))
+        if chosen:
+            self.last_meta_loss = float(np.mean(losses))
+            for p, g in zip(ctx.warp_params, correction, strict=True):
+                p.grad = g / len(chosen)
+            if distributed.world_size() > 1:
+                distributed.average_gradients_(ctx.warp_params)
+            nn.utils.clip_grad_norm_(ctx.warp_params, ctx.max_grad_norm)
+            correction = [p.grad * len(pairs) for p in ctx.warp_params]
+        for p, direct, corr in zip(ctx.warp_params, self.warp_grad_sum, correction, strict=True):
+            p.grad = direct + corr
+        if not all(bool(torch.isfinite(p.grad).all()) for p in ctx.warp_params):
+            raise FloatingPointError(f"non-finite {self.name} meta-gradient at episode {episode}")
+        ctx.warp_opt.step()
+        for g in self.warp_grad_sum:
+            g.zero_()
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "warp_grad_sum": [g.clone() for g in self.warp_grad_sum]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for g, saved in zip(self.warp_grad_sum, state["warp_grad_sum"], strict=True):
+            g.copy_(saved)
+
+
 #: ``--warp-objective`` name -> class.
 WARP_OBJECTIVES: dict[str, type[WarpObjective]] = {
     TwoTimescale.name: TwoTimescale,
     Algorithm2.name: Algorithm2,
     Algorithm2Detached.name: Algorithm2Detached,
+    Algorithm2Interval.name: Algorithm2Interval,
 }
 
 
@@ -376,6 +462,7 @@ __all__ = [
     "WARP_OBJECTIVES",
     "Algorithm2",
     "Algorithm2Detached",
+    "Algorithm2Interval",
     "EpisodeRecord",
     "TwoTimescale",
     "WarpContext",

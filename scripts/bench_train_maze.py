@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agents import WARP_OBJECTIVE_NAMES  # torch-free
+
 # torch and the trainer are imported where they are used, after the arguments are parsed, so
 # that --help answers at once.
 if TYPE_CHECKING:
@@ -396,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-original-above", type=int, default=4096,
                         help="skip the (slow) original style for batches above this")
     parser.add_argument("--objectives", nargs="*", default=None,
-                        help="measure the warp objectives instead (default with no names: "
-                        "two_timescale algorithm2 algorithm2_detached), at the first --batch-sizes")
+                        help="measure the warp objectives instead (default with no names: all of "
+                        f"{' '.join(WARP_OBJECTIVE_NAMES)}), at the first --batch-sizes")
     parser.add_argument("--agent", default="warp", help="agent for --objectives (warp)")
     parser.add_argument("--meta-interval", type=int, default=5,
                         help="episodes between warp steps for --objectives (5)")
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         population_costs(args)
         return
     if args.objectives is not None:
-        args.objectives = args.objectives or ["two_timescale", "algorithm2", "algorithm2_detached"]
+        args.objectives = args.objectives or list(WARP_OBJECTIVE_NAMES)
         objective_costs(args)
         return
     if args.episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or args.threads < 1:

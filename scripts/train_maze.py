@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warp-objective", choices=sorted(WARP_OBJECTIVE_NAMES),
                    help="how the warp weights are meta-learned: two_timescale (the paper's "
                    "schedule, default), algorithm2 (WarpGrad's Algorithm 2 on replayed episode "
-                   "pairs) or algorithm2_detached (algorithm2 without the second-order term)")
+                   "pairs), algorithm2_detached (algorithm2 without the second-order term) or "
+                   "algorithm2_interval (two_timescale's sum plus Algorithm 2's second-order "
+                   "term, estimated from replayed pairs)")
     p.add_argument("--warp-pairs", type=int, help="episode pairs replayed per warp step by "
-                   "algorithm2 and algorithm2_detached (default: 2)")
+                   "algorithm2, algorithm2_detached and algorithm2_interval (default: 2)")
     p.add_argument("--clip", choices=("joint", "separate"),
                    help="clip the fast and warp gradients to the norm 4.0 together (joint, "
                    "default) or each on its own (separate)")

@@ -1,4 +1,5 @@
-"""The maze trainer's warp objectives: two_timescale, algorithm2 and algorithm2_detached."""
+"""The maze trainer's warp objectives: two_timescale, algorithm2, algorithm2_detached and
+algorithm2_interval."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import pytest
 import torch
 from test_agent_trainer import assert_same_run, resume_run, small, train_run
 
-from agents import warp_objectives
+from agents import make_agent, warp_objectives
 from agents.a2c import A2CLoss, a2c_loss, discounted_returns
 from agents.rollout import Rollout
 from agents.trainer import Trainer, load_checkpoint, make_optimizers
-from agents.warp_objectives import WARP_OBJECTIVES, WarpContext, make_warp_objective
+from agents.warp_objectives import WARP_OBJECTIVES, Algorithm2, WarpContext, make_warp_objective
 from agents.warp_rnn import WarpRNNAgent
 from warp_rl.objectives import adam_step
+from warp_rl.utils import seed_everything
 
 D, A, H, T, B = 17, 4, 5, 5, 3
 
@@ -67,6 +69,8 @@ def objective_on_two_episodes(name: str, max_grad_norm: float, gates: str = "tan
                       max_grad_norm=max_grad_norm, gamma=0.9, value_coef=0.1,
                       penalty_coef=0.03, warp_pairs=1, seed=0)
     objective = make_warp_objective(name, ctx)
+    for p in ctx.warp_params:  # what the trainer leaves for record (algorithm2_interval sums it)
+        p.grad = torch.zeros_like(p)
     objective.record(0, episode(1), fast_step=True)
     objective.record(1, episode(2), fast_step=True)
     return objective, agent, part, fast_opt
@@ -170,6 +174,74 @@ def test_second_order_term_is_what_separates_algorithm2_from_algorithm2_detached
     assert diff > 1e-8 * max(float(a.abs().max()) for a in g2)
 
 
+@pytest.mark.parametrize("max_grad_norm", [1e3, 0.05])
+def test_interval_correction_is_the_second_order_term_alone(max_grad_norm):
+    """algorithm2_interval's replayed loss differentiates to algorithm2's meta-gradient minus
+    algorithm2_detached's: the term through the inner gradient, without the direct one."""
+    objective, agent, part, fast_opt = objective_on_two_episodes("algorithm2_interval",
+                                                                 max_grad_norm)
+    warp = part.warp_parameters()
+    got = torch.autograd.grad(objective.second_order_loss(*objective.records), warp)
+    full, direct = (torch.autograd.grad(direct_meta_loss(
+        agent, part, fast_opt, episode(1), episode(2), max_grad_norm, second_order), warp)
+        for second_order in (True, False))
+    for g, f, d in zip(got, full, direct, strict=True):
+        torch.testing.assert_close(g, f - d, rtol=1e-8, atol=1e-12)
+    assert max(float(g.abs().max()) for g in got) > 1e-6
+
+
+@pytest.mark.parametrize("warp_pairs", [2, 1])
+def test_interval_objective_sums_algorithm2_over_the_interval(tmp_path, warp_pairs):
+    """At a warp step the warp Adam gets the schedule's sum of the interval's recorded warp
+    gradients plus P / m times the second-order terms of the m replayed pairs (of P). With
+    every pair replayed that is the summed Algorithm 2 meta-gradient of the interval's pairs,
+    plus the direct gradient of the one episode no pair ends in, computed here from replays
+    alone (no clipping: the fast step is replayed exactly)."""
+    cfg = small(agent="warp_identity_orth", warp_objective="algorithm2_interval",
+                warmup_episodes=0, meta_interval=3, warp_pairs=warp_pairs, clip="separate",
+                max_grad_norm=1e6, episodes=3)
+    seed_everything(cfg.seed)
+    agent = make_agent(cfg.agent, obs_dim=17, num_actions=4, hidden_size=cfg.hidden_size)
+    tr = Trainer(cfg, tmp_path, agent=agent.double())
+    objective = tr.objective
+    given, expected = [], []
+    real_step = tr.warp_opt.step
+
+    def step_and_check(*args, **kwargs):
+        episode = tr.episode
+        given.append([p.grad.clone() for p in tr.warp_params])
+        pairs = objective.pairs(episode)
+        chosen = objective.choose(pairs, episode)
+        # episode 0 ends no pair: its own loss's warp gradient, replayed
+        first_record = objective.records[0]
+        phi = dict(zip(objective.warp_names, tr.warp_params, strict=True))
+        theta_0 = dict(zip(objective.fast_names, first_record.theta, strict=True))
+        total = [g.clone() for g in torch.autograd.grad(
+            objective.replay_loss({**theta_0, **phi}, first_record), tr.warp_params)]
+        for first, second in pairs:  # the interval's Algorithm 2 meta-gradient
+            for acc, g in zip(total, torch.autograd.grad(
+                    Algorithm2.meta_loss(objective, first, second), tr.warp_params), strict=True):
+                acc.add_(g)
+        for first, second in pairs:  # with each pair's second-order term weighted P/m or 0
+            weight = (len(pairs) / len(chosen) if (first, second) in chosen else 0.0) - 1.0
+            for acc, g in zip(total, torch.autograd.grad(
+                    objective.second_order_loss(first, second), tr.warp_params), strict=True):
+                acc.add_(weight * g)
+        expected.append(total)
+        return real_step(*args, **kwargs)
+
+    tr.warp_opt.step = step_and_check
+    for _ in range(3):
+        tr.train_episode()
+    tr.close()
+    assert len(given) == 1  # the warp step after episode 2
+    assert [r.episode for r in objective.records] == [0, 1, 2]
+    assert len(objective.choose(objective.pairs(2), 2)) == warp_pairs
+    for g, e in zip(given[0], expected[0], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-14)
+    assert max(float(g.abs().max()) for g in given[0]) > 1e-6
+
+
 @pytest.mark.parametrize("agent", ["warp", "warp_identity_orth"])
 def test_replayed_fast_step_reproduces_the_real_one(tmp_path, agent):
     """theta' computed from episode k's record equals the fast weights that played k + 1:
@@ -199,9 +271,10 @@ def test_resume_in_the_middle_of_a_warp_interval_is_exact(tmp_path, name):
     straight = train_run(cfg, tmp_path / "straight")
     train_run(cfg, tmp_path / "split", episodes=6)
     state = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["warp_objective"]
-    if name == "two_timescale":
+    assert "warp_grad_sum" in state or "records" in state
+    if "warp_grad_sum" in state:
         assert any(float(g.abs().max()) > 0 for g in state["warp_grad_sum"])
-    else:
+    if "records" in state:
         assert [int(r["episode"]) for r in state["records"]] == [2, 3, 4, 5]
     _, resumed_at = resume_run(tmp_path / "split", 10)
     assert resumed_at == 6
@@ -226,5 +299,6 @@ def test_algorithm2_moves_the_warp_weights_at_warp_steps_only(tmp_path):
 
 def test_unknown_objective_is_named():
     with pytest.raises(ValueError, match="warp_objective must be one of two_timescale, "
-                                         "algorithm2, algorithm2_detached"):
+                                         "algorithm2, algorithm2_detached, "
+                                         "algorithm2_interval"):
         small(warp_objective="maml").validate()

@@ -78,7 +78,8 @@ def test_each_member_matches_a_separate_run_of_its_seed_in_float64(tmp_path, age
     assert not np.array_equal(rewards[0], rewards[1])  # the seeds do differ
 
 
-@pytest.mark.parametrize("objective", ["algorithm2", "algorithm2_detached"])
+@pytest.mark.parametrize("objective", ["algorithm2", "algorithm2_detached",
+                                       "algorithm2_interval"])
 def test_population_with_a_replaying_objective_matches_separate_runs(tmp_path, objective):
     # algorithm2 replays each run's own recorded episodes: a population must hand every run the
     # rows of its own mazes, not the whole batch's or another seed's
