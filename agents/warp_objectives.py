@@ -316,31 +316,36 @@ class Algorithm2(WarpObjective):
             dict(zip(names, first.exp_avg_sq, strict=True)),
             first.adam_step, group["lr"], group["betas"], group["eps"])
 
-    def step(self, episode: int) -> bool:
-        if not self.is_warp_step(episode):
-            return False
+    def replayed_gradient(self, chosen: list, loss_fn) -> float:
+        """Set the warp parameters' ``.grad`` to the mean over the ``chosen`` pairs of the
+        gradient of ``loss_fn(first, second)`` (averaged over the ranks under torchrun),
+        clipped to ``max_grad_norm``; returns the norm before clipping."""
         ctx = self.ctx
-        chosen = self.choose(self.pairs(episode), episode)
         total = [torch.zeros_like(p) for p in ctx.warp_params]
         losses = []
         for first, second in chosen:
-            loss = self.meta_loss(first, second)
+            loss = loss_fn(first, second)
             grads = torch.autograd.grad(loss, ctx.warp_params, allow_unused=True)
             for acc, g in zip(total, grads, strict=True):
                 if g is not None:
                     acc.add_(g)
             losses.append(float(loss.detach()))
-        if not chosen:  # nothing to replay yet (the first interval at meta_interval 1); the
-            return False  # same on every rank, which all follow one schedule
         self.last_meta_loss = float(np.mean(losses))
         for p, g in zip(ctx.warp_params, total, strict=True):
             p.grad = g / len(chosen)
         if distributed.world_size() > 1:
             distributed.average_gradients_(ctx.warp_params)
-        norm = nn.utils.clip_grad_norm_(ctx.warp_params, ctx.max_grad_norm)
-        if not math.isfinite(float(norm)):
+        return float(nn.utils.clip_grad_norm_(ctx.warp_params, ctx.max_grad_norm))
+
+    def step(self, episode: int) -> bool:
+        if not self.is_warp_step(episode):
+            return False
+        chosen = self.choose(self.pairs(episode), episode)
+        if not chosen:  # nothing to replay yet (the first interval at meta_interval 1); the
+            return False  # same on every rank, which all follow one schedule
+        if not math.isfinite(self.replayed_gradient(chosen, self.meta_loss)):
             raise FloatingPointError(f"non-finite {self.name} meta-gradient at episode {episode}")
-        ctx.warp_opt.step()
+        self.ctx.warp_opt.step()
         return True
 
     # -- checkpoint --------------------------------------------------------------------------
@@ -386,12 +391,11 @@ class Algorithm2Interval(Algorithm2):
 
     def __init__(self, ctx: WarpContext) -> None:
         super().__init__(ctx)
-        # The direct warp gradients since the last warp step, as TwoTimescale sums them.
-        self.warp_grad_sum = [torch.zeros_like(p) for p in ctx.warp_params]
+        # Sums the direct warp gradients since the last warp step (its step() is not used).
+        self.schedule = TwoTimescale(ctx)
 
     def record(self, episode: int, rollout: Rollout, fast_step: bool) -> None:
-        if fast_step:
-            torch._foreach_add_(self.warp_grad_sum, [p.grad for p in self.ctx.warp_params])
+        self.schedule.record(episode, rollout, fast_step)
         super().record(episode, rollout, fast_step)
 
     def second_order_loss(self, first: EpisodeRecord, second: EpisodeRecord) -> torch.Tensor:
@@ -407,38 +411,25 @@ class Algorithm2Interval(Algorithm2):
         pairs = self.pairs(episode)
         chosen = self.choose(pairs, episode)
         correction = [torch.zeros_like(p) for p in ctx.warp_params]
-        losses = []
-        for first, second in chosen:
-            loss = self.second_order_loss(first, second)
-            grads = torch.autograd.grad(loss, ctx.warp_params, allow_unused=True)
-            for acc, g in zip(correction, grads, strict=True):
-                if g is not None:
-                    acc.add_(g)
-            losses.append(float(loss.detach()))
-        if chosen:
-            self.last_meta_loss = float(np.mean(losses))
-            for p, g in zip(ctx.warp_params, correction, strict=True):
-                p.grad = g / len(chosen)
-            if distributed.world_size() > 1:
-                distributed.average_gradients_(ctx.warp_params)
-            nn.utils.clip_grad_norm_(ctx.warp_params, ctx.max_grad_norm)
+        if chosen:  # P times the clipped mean of the replayed second-order terms
+            self.replayed_gradient(chosen, self.second_order_loss)
             correction = [p.grad * len(pairs) for p in ctx.warp_params]
-        for p, direct, corr in zip(ctx.warp_params, self.warp_grad_sum, correction, strict=True):
+        direct_sum = self.schedule.warp_grad_sum
+        for p, direct, corr in zip(ctx.warp_params, direct_sum, correction, strict=True):
             p.grad = direct + corr
         if not all(bool(torch.isfinite(p.grad).all()) for p in ctx.warp_params):
             raise FloatingPointError(f"non-finite {self.name} meta-gradient at episode {episode}")
         ctx.warp_opt.step()
-        for g in self.warp_grad_sum:
+        for g in direct_sum:
             g.zero_()
         return True
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "warp_grad_sum": [g.clone() for g in self.warp_grad_sum]}
+        return {**super().state_dict(), **self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for g, saved in zip(self.warp_grad_sum, state["warp_grad_sum"], strict=True):
-            g.copy_(saved)
+        self.schedule.load_state_dict(state)
 
 
 #: ``--warp-objective`` name -> class.
