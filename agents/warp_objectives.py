@@ -410,13 +410,11 @@ class Algorithm2Interval(Algorithm2):
         ctx = self.ctx
         pairs = self.pairs(episode)
         chosen = self.choose(pairs, episode)
-        correction = [torch.zeros_like(p) for p in ctx.warp_params]
-        if chosen:  # P times the clipped mean of the replayed second-order terms
-            self.replayed_gradient(chosen, self.second_order_loss)
-            correction = [p.grad * len(pairs) for p in ctx.warp_params]
         direct_sum = self.schedule.warp_grad_sum
-        for p, direct, corr in zip(ctx.warp_params, direct_sum, correction, strict=True):
-            p.grad = direct + corr
+        if chosen:  # .grad = the clipped mean of the replayed second-order terms
+            self.replayed_gradient(chosen, self.second_order_loss)
+        for p, direct in zip(ctx.warp_params, direct_sum, strict=True):
+            p.grad = direct + len(pairs) * p.grad if chosen else direct.clone()
         if not all(bool(torch.isfinite(p.grad).all()) for p in ctx.warp_params):
             raise FloatingPointError(f"non-finite {self.name} meta-gradient at episode {episode}")
         ctx.warp_opt.step()
