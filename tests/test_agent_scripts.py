@@ -185,6 +185,22 @@ def test_benchmark_prints_its_figures(capsys):
     assert float(original.split()[3]) > 0 and trainer.split()[-1].endswith("x")
 
 
+def test_objective_benchmark_measures_its_baseline_first(capsys):
+    """The ratios are against two_timescale whatever order the names come in: it is measured
+    first, in the same run, even when not asked for; an unknown name is refused (exit 2)."""
+    bench = load_script("bench_train_maze")
+    bench.main(["--objectives", "algorithm2_detached", "--batch-sizes", "2", "--episode-length",
+                "5", "--hidden-size", "8", "--maze-size", "7", "--meta-interval", "2",
+                "--intervals", "1", "--warp-pairs", "1"])
+    rows = [x.split() for x in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["two_timescale", "algorithm2_detached"]
+    assert rows[0][-2:] == ["1.00x", "1.00x"]
+    assert all(float(r.rstrip("x")) > 0 for r in rows[1][-2:])
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--objectives", "algorithm3"])
+    assert exc.value.code == 2 and "accepted: two_timescale" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("agent, lr", [("backpropamine", 1e-4), ("lstm", 1e-3)])
 def test_paper_preset_uses_each_agents_published_step_size(tmp_path, agent, lr):
     """--paper gives Backpropamine its own paper's Adam lr (1e-4), the others the WarpGrad
