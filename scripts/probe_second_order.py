@@ -28,7 +28,9 @@ import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,15 +38,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from warp_rl.runs import CHECKPOINT_NAME  # torch-free, so --help answers at once
 
+if TYPE_CHECKING:
+    import torch
 
-def flat(tensors):
+    from agents.warp_objectives import Algorithm2Interval
+
+
+def flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """The tensors as one float64 vector."""
     import torch
 
     return torch.cat([t.reshape(-1) for t in tensors]).double()
 
 
-def probe_step(objective, episode: int, pairs_to_replay: int) -> dict[str, float]:
+def probe_step(objective: Algorithm2Interval, episode: int,
+               pairs_to_replay: int) -> dict[str, float]:
     """The statistics above for the warp step after ``episode`` (call before the objective's
     own ``step``; reads its records and direct sum, changes nothing)."""
     import torch
