@@ -46,36 +46,33 @@ if TYPE_CHECKING:
 
 def flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """The tensors as one float64 vector."""
-    import torch
+    from torch.nn.utils import parameters_to_vector
 
-    return torch.cat([t.reshape(-1) for t in tensors]).double()
+    return parameters_to_vector(list(tensors)).double()
 
 
 def probe_step(objective: Algorithm2Interval, episode: int,
                pairs_to_replay: int) -> dict[str, float]:
-    """The statistics above for the warp step after ``episode`` (call before the objective's
-    own ``step``; reads its records and direct sum, changes nothing)."""
+    """The statistics above for the warp step after ``episode``. Call it before the objective's
+    own ``step``: it reads the records and the direct sum, and leaves in the warp parameters'
+    ``.grad`` what that ``step`` overwrites."""
     import torch
 
     params = objective.ctx.warp_params
     pairs = objective.pairs(episode)
-    chosen = objective.choose(pairs, episode)
+    # the objective's own replay of the pairs it will pick: .grad = their clipped mean term
+    objective.replayed_gradient(objective.choose(pairs, episode), objective.second_order_loss)
+    term = len(pairs) * flat(p.grad for p in params)
     rng = np.random.default_rng(np.random.SeedSequence([episode, 7]))
-    sample = sorted(rng.choice(len(pairs), size=min(pairs_to_replay, len(pairs)),
-                               replace=False))
-    wanted = {id(p[1]): p for p in chosen} | {id(pairs[i][1]): pairs[i] for i in sample}
-    terms = {}
-    for key, (first, second) in wanted.items():
-        grads = torch.autograd.grad(objective.second_order_loss(first, second), params,
+    sample = rng.choice(len(pairs), size=min(pairs_to_replay, len(pairs)), replace=False)
+    xs = []
+    for i in sorted(sample):
+        grads = torch.autograd.grad(objective.second_order_loss(*pairs[i]), params,
                                     allow_unused=True)
-        terms[key] = flat(torch.zeros_like(p) if g is None else g
-                          for g, p in zip(grads, params, strict=True))
-    mean = torch.stack([terms[id(p[1])] for p in chosen]).mean(0)
-    mean = mean * min(1.0, objective.ctx.max_grad_norm / (float(mean.norm()) + 1e-6))
-    term = len(pairs) * mean
+        xs.append(flat(torch.zeros_like(p) if g is None else g
+                       for g, p in zip(grads, params, strict=True)))
     direct = flat(objective.schedule.warp_grad_sum)
-    xs = torch.stack([terms[id(pairs[i][1])] for i in sample])
-    gram = xs @ xs.T
+    gram = torch.stack(xs) @ torch.stack(xs).T
     n = len(sample)
     shared = float((gram.sum() - gram.diag().sum()) / (n * (n - 1)) / gram.diag().mean()) \
         if n > 1 else float("nan")
